@@ -1,0 +1,122 @@
+"""The right-hand sides f(t, h) of the NODE-Transformer's ODE blocks.
+
+One class covers every variant of the study: self-attention (encoder, full decoder),
+encoder-attention (full and separated decoder) and the feed-forward network, in the study's
+form: each sub-layer's output is layer-normalised, with no residual (dh/dt = LN(...)).
+
+State and inputs are fairseq's Time x Batch x Channel tensors. Nothing here solves anything:
+see ode_block.py.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from fairseq import utils
+from fairseq.modules import LayerNorm, MultiheadAttention
+from torch import Tensor, nn
+
+
+class SolveDropout:
+    """Dropout masks drawn once per solve and reused by every evaluation of it.
+
+    An ODE with a random right-hand side is not an ODE: fresh masks per evaluation make
+    adaptive solvers reject steps at random and give the adjoint backward other masks than
+    the forward saw. One instance is created per solve and passed to the dynamics as an
+    input, so the adjoint backward of that solve reuses exactly its masks.
+    """
+
+    def __init__(self, p: float, active: bool):
+        self.p = p
+        self.active = active and p > 0
+        self.masks: Dict[str, Tensor] = {}
+
+    def __call__(self, name: str, x: Tensor, p: Optional[float] = None) -> Tensor:
+        p = self.p if p is None else p
+        if not self.active or p <= 0:
+            return x
+        mask = self.masks.get(name)
+        if mask is None:
+            keep = torch.empty_like(x).bernoulli_(1.0 - p)
+            mask = self.masks[name] = keep / (1.0 - p)
+        return x * mask
+
+
+class TransformerDynamics(nn.Module):
+    """f(t, h) = sub-layers of a Transformer layer, without residuals, post-norm.
+
+    Widths: the state has ``state_dim`` channels (model dim + augmented channels); with
+    ``time_dependent`` the sub-layers see ``heads`` more channels holding t. The output has
+    ``state_dim`` channels again.
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        ffn_dim: int,
+        heads: int,
+        *,
+        self_attention: bool,
+        encoder_attention: bool,
+        encoder_dim: Optional[int] = None,
+        time_dependent: bool = False,
+        dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        activation_fn: str = "relu",
+    ):
+        super().__init__()
+        self.heads = heads
+        self.time_dependent = time_dependent
+        width = state_dim + (heads if time_dependent else 0)
+        if width % heads:
+            raise ValueError(f"dynamics width {width} is not a multiple of {heads} heads")
+        self.dropout = dropout
+        self.activation_dropout = activation_dropout
+        self.activation_fn = utils.get_activation_fn(activation_fn)
+        # Attention dropout on the weights is not used inside the dynamics (see README):
+        # fairseq's attention draws its own masks, which would make f random.
+        self.self_attn = (
+            MultiheadAttention(width, heads, dropout=0.0, self_attention=True)
+            if self_attention else None
+        )
+        self.self_attn_norm = LayerNorm(width) if self_attention else None
+        self.encoder_attn = (
+            MultiheadAttention(width, heads, kdim=encoder_dim, vdim=encoder_dim, dropout=0.0,
+                               encoder_decoder_attention=True)
+            if encoder_attention else None
+        )
+        self.encoder_attn_norm = LayerNorm(width) if encoder_attention else None
+        self.fc1 = nn.Linear(width, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, state_dim)
+        self.final_norm = LayerNorm(state_dim)
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+
+    def forward(
+        self,
+        t: Tensor,
+        h: Tensor,
+        *,
+        drop: SolveDropout,
+        self_attn_mask: Optional[Tensor] = None,
+        self_padding_mask: Optional[Tensor] = None,
+        encoder_out: Optional[Tensor] = None,
+        encoder_padding_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        x = h
+        if self.time_dependent:
+            tt = t.to(h.dtype).expand(h.shape[0], h.shape[1], self.heads)
+            x = torch.cat([h, tt], dim=-1)
+        if self.self_attn is not None:
+            x, _ = self.self_attn(x, x, x, key_padding_mask=self_padding_mask,
+                                  attn_mask=self_attn_mask, need_weights=False)
+            x = self.self_attn_norm(drop("self_attn", x))
+        if self.encoder_attn is not None:
+            x, _ = self.encoder_attn(x, encoder_out, encoder_out,
+                                     key_padding_mask=encoder_padding_mask, need_weights=False)
+            x = self.encoder_attn_norm(drop("encoder_attn", x))
+        x = drop("activation", self.activation_fn(self.fc1(x)), self.activation_dropout)
+        x = drop("ffn", self.fc2(x))
+        return self.final_norm(x)

@@ -1,0 +1,13 @@
+"""fairseq wiring of the NODE encoder: fairseq's own encoder, with ODE blocks as its layers."""
+
+from fairseq.models.transformer import TransformerEncoderBase
+
+from .layers import NODEEncoderLayer
+
+
+class NODETransformerEncoder(TransformerEncoderBase):
+    """Embeddings, positions, padding and the final norm stay fairseq's; each of the
+    ``--encoder-layers`` layers (1 by default with --node-encoder) is an ODE block."""
+
+    def build_encoder_layer(self, cfg):
+        return NODEEncoderLayer(cfg)

@@ -1,0 +1,105 @@
+"""ODE blocks shaped like fairseq's encoder and decoder layers, so fairseq's own encoder and
+decoder loops can run them in the place of their stacks of residual layers.
+
+Augmentation (Dupont et al. 2019) lives here: ``node_augment_dims * heads`` zero channels are
+appended to the state and to the encoder output seen by encoder-attention, and a linear map
+projects the final state back to the model's width.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from fairseq.modules import LayerNorm, MultiheadAttention
+from torch import Tensor, nn
+
+from .dynamics import SolveDropout, TransformerDynamics
+from .ode_block import ODEBlock
+from .options import solver_config
+
+
+def _augment(x: Tensor, n: int) -> Tensor:
+    if n == 0:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], x.shape[1], n)], dim=-1)
+
+
+class _NODELayer(nn.Module):
+    def __init__(self, cfg, side_cfg, dynamics_kwargs):
+        super().__init__()
+        dim, heads = side_cfg.embed_dim, side_cfg.attention_heads
+        self.aug = cfg.node_augment_dims * heads
+        self.dropout = cfg.dropout
+        dynamics = TransformerDynamics(
+            dim + self.aug, side_cfg.ffn_embed_dim, heads,
+            time_dependent=cfg.node_time_dependent, dropout=cfg.dropout,
+            activation_dropout=cfg.activation_dropout, activation_fn=cfg.activation_fn,
+            **dynamics_kwargs,
+        )
+        self.block = ODEBlock(dynamics, solver_config(cfg))
+        self.project = nn.Linear(dim + self.aug, dim) if self.aug else None
+
+    def solve(self, x: Tensor, **inputs) -> Tensor:
+        h = self.block(_augment(x, self.aug), drop=SolveDropout(self.dropout, self.training), **inputs)
+        return self.project(h) if self.project is not None else h
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Nothing to upgrade: fairseq's encoder calls this on each of its layers."""
+
+
+class NODEEncoderLayer(_NODELayer):
+    """dh/dt = self-attention + feed-forward."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg, cfg.encoder, dict(self_attention=True, encoder_attention=False))
+
+    def forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor] = None, attn_mask=None):
+        return self.solve(x, self_padding_mask=encoder_padding_mask)
+
+
+class NODEDecoderLayer(_NODELayer):
+    """dh/dt = self-attention + encoder-attention + feed-forward; or, separated, a classic
+    residual self-attention sub-layer followed by dh/dt = encoder-attention + feed-forward."""
+
+    def __init__(self, cfg):
+        separated = cfg.node_separated_decoder
+        heads = cfg.decoder.attention_heads
+        super().__init__(cfg, cfg.decoder, dict(
+            self_attention=not separated, encoder_attention=True,
+            encoder_dim=cfg.encoder.embed_dim + cfg.node_augment_dims * heads,
+        ))
+        self.self_attn = self.self_attn_norm = None
+        if separated:
+            dim = cfg.decoder.embed_dim
+            self.self_attn = MultiheadAttention(dim, heads, dropout=cfg.attention_dropout,
+                                                self_attention=True)
+            self.self_attn_norm = LayerNorm(dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        encoder_out: Optional[Tensor] = None,
+        encoder_padding_mask: Optional[Tensor] = None,
+        incremental_state=None,
+        prev_self_attn_state=None,
+        prev_attn_state=None,
+        self_attn_mask: Optional[Tensor] = None,
+        self_attn_padding_mask: Optional[Tensor] = None,
+        need_attn: bool = False,
+        need_head_weights: bool = False,
+    ):
+        if incremental_state is not None:
+            raise ValueError("NODE decoder layers recompute the prefix; see NODETransformerDecoder")
+        if self.self_attn is not None:
+            residual = x
+            x, _ = self.self_attn(x, x, x, key_padding_mask=self_attn_padding_mask,
+                                  attn_mask=self_attn_mask, need_weights=False)
+            x = self.self_attn_norm(residual + F.dropout(x, self.dropout, self.training))
+            self_inputs = {}
+        else:
+            self_inputs = dict(self_attn_mask=self_attn_mask, self_padding_mask=self_attn_padding_mask)
+        x = self.solve(x, encoder_out=_augment(encoder_out, self.aug),
+                       encoder_padding_mask=encoder_padding_mask, **self_inputs)
+        return x, None, None

@@ -1,0 +1,123 @@
+"""The --node-* command-line flags: declaration, defaults and start-up checks.
+
+fairseq parses a model's flags with ``argument_default=SUPPRESS``, so defaults are set in
+:func:`set_node_defaults` (called by the architecture), not in ``add_argument``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Tuple
+
+from odeint_ext import METHODS
+
+from .ode_block import SolverConfig
+
+DEFAULTS = dict(
+    node_encoder=False,
+    node_decoder=False,
+    node_rtol=0.01,
+    node_atol=0.01,
+    node_method="dopri5",
+    node_ts="[0.0, 1.0]",
+    node_max_num_steps=None,
+    node_max_nfe=1000,
+    node_augment_dims=0,
+    node_time_dependent=False,
+    node_separated_decoder=False,
+    node_backprop="adjoint",
+    node_steps=None,
+)
+
+
+class NodeArgumentError(ValueError):
+    """A --node-* flag, or a combination of them, that cannot work."""
+
+
+def add_node_args(parser) -> None:
+    g = parser.add_argument_group("NODE-Transformer")
+    g.add_argument("--node-encoder", action="store_true",
+                   help="replace the encoder's stack of layers by one ODE block")
+    g.add_argument("--node-decoder", action="store_true",
+                   help="replace the decoder's stack of layers by one ODE block")
+    g.add_argument("--node-separated-decoder", action="store_true",
+                   help="NODE decoder: classic residual self-attention, then an ODE block "
+                        "over encoder-attention + feed-forward")
+    g.add_argument("--node-rtol", type=float, metavar="R", help="solver relative tolerance (default 0.01)")
+    g.add_argument("--node-atol", type=float, metavar="A", help="solver absolute tolerance (default 0.01)")
+    g.add_argument("--node-method", type=str, metavar="NAME",
+                   help=f"torchdiffeq method (default dopri5): {', '.join(METHODS)}")
+    g.add_argument("--node-ts", type=str, metavar="TIMES",
+                   help="integration times, increasing, e.g. '[0.0, 1.0]' (default)")
+    g.add_argument("--node-max-num-steps", type=int, metavar="N",
+                   help="torchdiffeq's max_num_steps for adaptive methods")
+    g.add_argument("--node-max-nfe", type=int, metavar="N",
+                   help="budget of function evaluations per solve, forward and backward "
+                        "each (default 1000; 0 = unbounded)")
+    g.add_argument("--node-augment-dims", type=int, metavar="N",
+                   help="augment the state with N x heads zero channels (default 0)")
+    g.add_argument("--node-time-dependent", action="store_true",
+                   help="append t (heads channels) to the dynamics' input")
+    g.add_argument("--node-backprop", type=str, metavar="KIND",
+                   help="adjoint (default, memory flat in NFE) or direct (through the solver)")
+    g.add_argument("--node-steps", type=int, metavar="N",
+                   help="fixed-grid methods: number of steps over the interval (default: the --node-ts grid)")
+
+
+def set_node_defaults(args) -> None:
+    for key, value in DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+
+
+def parse_ts(value) -> Tuple[float, ...]:
+    """'[0.0, 1.0]', '0,1', '0 0.5 1' or a sequence of numbers -> a strictly increasing tuple."""
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[\s,]+", value.strip().strip("[]()")) if p]
+        try:
+            ts = tuple(float(p) for p in parts)
+        except ValueError:
+            raise NodeArgumentError(f"--node-ts must be a list of numbers, got {value!r}") from None
+    else:
+        ts = tuple(float(v) for v in value)
+    if len(ts) < 2:
+        raise NodeArgumentError(f"--node-ts needs at least two times, got {value!r}")
+    if any(b <= a for a, b in zip(ts, ts[1:])):
+        raise NodeArgumentError(f"--node-ts must be strictly increasing, got {value!r}")
+    return ts
+
+
+def check_node_args(args) -> None:
+    """Raise NodeArgumentError naming the first flag that cannot work."""
+    if args.node_separated_decoder and not args.node_decoder:
+        raise NodeArgumentError("--node-separated-decoder requires --node-decoder")
+    if args.node_augment_dims < 0:
+        raise NodeArgumentError(f"--node-augment-dims must be >= 0, got {args.node_augment_dims}")
+    for flag, value in (("--node-rtol", args.node_rtol), ("--node-atol", args.node_atol)):
+        if not value > 0:
+            raise NodeArgumentError(f"{flag} must be > 0, got {value}")
+    if args.node_method not in METHODS:
+        raise NodeArgumentError(
+            f"--node-method {args.node_method!r} is unknown; choose one of: {', '.join(METHODS)}")
+    if args.node_backprop not in ("adjoint", "direct"):
+        raise NodeArgumentError(f"--node-backprop must be adjoint or direct, got {args.node_backprop!r}")
+    for flag, value in (("--node-max-num-steps", args.node_max_num_steps),
+                        ("--node-steps", args.node_steps)):
+        if value is not None and value < 1:
+            raise NodeArgumentError(f"{flag} must be >= 1, got {value}")
+    if args.node_max_nfe is not None and args.node_max_nfe < 0:
+        raise NodeArgumentError(f"--node-max-nfe must be >= 0 (0 = unbounded), got {args.node_max_nfe}")
+    parse_ts(args.node_ts)
+
+
+def solver_config(args) -> SolverConfig:
+    return SolverConfig(
+        method=args.node_method,
+        rtol=args.node_rtol,
+        atol=args.node_atol,
+        ts=parse_ts(args.node_ts),
+        max_num_steps=args.node_max_num_steps,
+        max_nfe=args.node_max_nfe or None,
+        backprop=args.node_backprop,
+        steps=args.node_steps,
+    )

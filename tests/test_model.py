@@ -1,0 +1,231 @@
+"""The NODE-Transformer in-process: gradients, dropout, generation, flags, budgets."""
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.optim.sgd import SGD
+
+from fairseq_helpers import batch, build, set_solver, write_dicts
+from node_transformer.dynamics import SolveDropout
+from node_transformer.encoder import NODETransformerEncoder
+from node_transformer.decoder import NODETransformerDecoder
+from node_transformer.ode_block import ODEBlock
+from node_transformer.options import NodeArgumentError, check_node_args, parse_ts, set_node_defaults
+from odeint_ext import MaxNFEExceeded
+
+PAIRS = [("w1 w2 w3 w4", "w5 w6 w7"), ("w3 w2", "w8 w9 w10 w11 w4"), ("w7", "w1 w2")]
+
+VARIANTS = {
+    "full": ["--node-encoder", "--node-decoder"],
+    "separated": ["--node-encoder", "--node-decoder", "--node-separated-decoder"],
+    "decoder-only": ["--node-decoder", "--encoder-layers", "1"],
+    "separated-aug-time": ["--node-decoder", "--node-separated-decoder", "--encoder-layers", "1",
+                           "--node-augment-dims", "1", "--node-time-dependent"],
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dicts(str(tmp_path_factory.mktemp("dicts")))
+
+
+def nll(model, sample):
+    out, _ = model(**sample["net_input"])
+    lprobs = F.log_softmax(out, dim=-1)
+    return F.nll_loss(lprobs.view(-1, lprobs.size(-1)), sample["target"].view(-1),
+                      ignore_index=1, reduction="sum")
+
+
+def grads(model, sample, seed):
+    model.zero_grad()
+    torch.manual_seed(seed)  # same dropout masks in both runs
+    nll(model, sample).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_adjoint_gradients_equal_direct_backprop(data_dir, variant):
+    # Dropout is on: masks are fixed per solve, so the adjoint backward sees the forward's.
+    # GELU, not ReLU: the adjoint re-integrates the state backwards, and ReLU's kinks hold
+    # both gradients apart by ~1e-4 even at tolerance 1e-10 (smooth dynamics: ~1e-8).
+    task, model, _ = build(data_dir, *VARIANTS[variant], "--node-rtol", "1e-10",
+                           "--node-atol", "1e-10", "--node-max-nfe", "0", "--dropout", "0.2",
+                           "--activation-fn", "gelu")
+    model.train()
+    sample = batch(task, PAIRS)
+    adjoint = grads(model, sample, seed=3)
+    set_solver(model, backprop="direct")
+    direct = grads(model, sample, seed=3)
+    assert adjoint.keys() == direct.keys()
+    enc = [n for n in direct if n.startswith("encoder.") and "embed_tokens" not in n]
+    assert enc, "no encoder parameter got a gradient"
+    # Some gradients are zero in exact arithmetic (key biases: softmax ignores a shift
+    # shared by all keys) and hold rounding noise only: measure those against the model's.
+    floor = 1e-6 * max(g.abs().max() for g in direct.values())
+    for name in direct:
+        scale = direct[name].abs().max().clamp_min(floor)
+        err = (adjoint[name] - direct[name]).abs().max() / scale
+        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+    # The study's code froze the encoder: its gradient through the decoder was None.
+    assert all(direct[n].abs().max() > 0 for n in enc)
+
+
+def test_dropout_masks_fixed_within_a_solve_and_fresh_across_solves():
+    x = torch.ones(5, 3, 4)
+    drop = SolveDropout(0.5, active=True)
+    torch.manual_seed(0)
+    first, again = drop("ffn", x), drop("ffn", x * 2)
+    assert torch.equal(first * 2, again)
+    assert (first == 0).any() and (first == 2).any()
+    other = SolveDropout(0.5, active=True)("ffn", x)
+    assert not torch.equal(first, other)
+    assert torch.equal(SolveDropout(0.5, active=False)("ffn", x), x)
+
+
+def test_node_sides_use_node_classes_and_others_stay_fairseq(data_dir):
+    _, model, _ = build(data_dir, "--node-decoder", "--encoder-layers", "2")
+    assert type(model.encoder).__name__ == "TransformerEncoderBase"
+    assert len(model.encoder.layers) == 2
+    assert isinstance(model.decoder, NODETransformerDecoder) and len(model.decoder.layers) == 1
+    _, model, _ = build(data_dir, "--node-encoder")
+    assert isinstance(model.encoder, NODETransformerEncoder)
+    assert type(model.decoder).__name__ == "TransformerDecoderBase"
+
+
+def test_augmented_and_time_dependent_shapes(data_dir):
+    task, model, _ = build(data_dir, "--node-encoder", "--node-decoder", "--node-augment-dims", "2",
+                           "--node-time-dependent")
+    layer = model.decoder.layers[0]
+    assert layer.aug == 2 * 2
+    dyn = layer.block.dynamics
+    # state 8 + 4 augmented channels; sub-layers see 2 more (t, one per head)
+    assert dyn.fc2.out_features == 12 and dyn.fc1.in_features == 14
+    assert dyn.encoder_attn.kdim == 12
+    out, _ = model(**batch(task, PAIRS)["net_input"])
+    assert out.shape[:2] == (3, 6) and torch.isfinite(out).all()
+
+
+def positional_scores(model, sample, tokens):
+    """Log-probabilities of ``tokens`` when the decoder sees the whole prefix at once."""
+    prev = torch.cat([tokens.new_tensor([2]), tokens[:-1]]).unsqueeze(0)
+    src = sample["net_input"]
+    out, _ = model(src["src_tokens"], src["src_lengths"], prev)
+    return F.log_softmax(out, dim=-1)[0].gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("solver", [["--node-method", "rk4", "--node-steps", "3"],
+                                    ["--node-rtol", "1e-8", "--node-atol", "1e-8",
+                                     "--node-max-nfe", "0", "--activation-fn", "gelu"]])
+def test_beam_search_equals_recomputing_the_prefix(data_dir, solver):
+    task, model, args = build(data_dir, "--node-encoder", "--node-decoder", *solver)
+    model.eval()
+    args.beam, args.max_len_b, args.max_len_a = 3, 8, 0
+    gen = task.build_generator([model], args)
+    for i, pair in enumerate(PAIRS):
+        sample = batch(task, [pair])
+        with torch.no_grad():
+            hyps = gen.generate([model], sample)[0]
+            assert len(hyps) == 3
+            for hyp in hyps:
+                ref = positional_scores(model, sample, hyp["tokens"])
+                # fairseq's generator keeps scores in float32
+                torch.testing.assert_close(hyp["positional_scores"], ref.float(), rtol=0, atol=1e-5)
+
+
+def ns(**kw):
+    args = argparse.Namespace(**kw)
+    set_node_defaults(args)
+    return args
+
+
+@pytest.mark.parametrize("kw,flag", [
+    (dict(node_separated_decoder=True), "--node-separated-decoder"),
+    (dict(node_decoder=True, node_augment_dims=-1), "--node-augment-dims"),
+    (dict(node_ts="[1.0, 0.0]"), "--node-ts"),
+    (dict(node_ts="[0.0, 0.0]"), "--node-ts"),
+    (dict(node_ts="0"), "--node-ts"),
+    (dict(node_rtol=0.0), "--node-rtol"),
+    (dict(node_atol=-1e-3), "--node-atol"),
+    (dict(node_method="runge"), "--node-method"),
+    (dict(node_backprop="both"), "--node-backprop"),
+    (dict(node_max_nfe=-5), "--node-max-nfe"),
+])
+def test_bad_flags_name_the_flag(kw, flag):
+    with pytest.raises(NodeArgumentError, match=flag):
+        check_node_args(ns(**kw))
+
+
+def test_bad_flag_stops_build_with_one_line(data_dir):
+    with pytest.raises(SystemExit) as e:
+        build(data_dir, "--node-encoder", "--node-ts", "[0.0, 1.0, 0.5]")
+    msg = str(e.value)
+    assert "--node-ts" in msg and "\n" not in msg
+
+
+def test_parse_ts_forms():
+    assert parse_ts("[0.0, 1.0]") == (0.0, 1.0)
+    assert parse_ts("0,0.5,1") == (0.0, 0.5, 1.0)
+    assert parse_ts("0 2") == (0.0, 2.0)
+
+
+def node_nfe(model):
+    return [s.nfe_forward for m in model.modules() if isinstance(m, ODEBlock) for s in m.solves]
+
+
+def train_once(task, model, sample, opt):
+    task.optimizer_step  # noqa: B018
+    out = task.train_step(sample, model, crit(task), opt, update_num=1)
+    task.optimizer_step(opt, model, 1)
+    return out
+
+
+def crit(task):
+    from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+    return LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("phase", ["forward", "backward"])
+def test_batch_over_budget_is_skipped_counted_and_not_applied(data_dir, phase):
+    task, model, _ = build(data_dir, "--node-encoder", "--node-decoder", "--node-max-nfe", "0")
+    model.train()
+    sample = batch(task, PAIRS)
+    opt = SGD(argparse.Namespace(lr=[0.1], momentum=0.0, weight_decay=0.0),
+              [p for p in model.parameters() if p.requires_grad])
+    _, _, log = task.train_step(sample, model, crit(task), opt, update_num=1)
+    fwd, bwd = log["nfe_enc_fwd"] + log["nfe_dec_fwd"], log["nfe_enc_bwd"] + log["nfe_dec_bwd"]
+    assert max(log["nfe_enc_fwd"], log["nfe_dec_fwd"]) > 0 and bwd > 0
+    opt.zero_grad()
+    # Budget between the largest forward and backward solve: the forward passes, the
+    # backward hits it. Below the forward: the forward hits it.
+    fwd_max = max(log["nfe_enc_fwd"], log["nfe_dec_fwd"])
+    bwd_max = max(log["nfe_enc_bwd"], log["nfe_dec_bwd"])
+    assert bwd_max > fwd_max, "test premise: the backward needs more evaluations"
+    budget = fwd_max if phase == "backward" else 2
+    set_solver(model, max_nfe=budget)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss, sample_size, log = task.train_step(sample, model, crit(task), opt, update_num=2)
+    assert log["node_skipped"] == 1 and sample_size == 0 and float(loss) == 0.0
+    task.optimizer_step(opt, model, 2)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), f"{n} changed by a skipped update"
+    # A normal batch afterwards trains again.
+    set_solver(model, max_nfe=None)
+    _, sample_size, log = task.train_step(sample, model, crit(task), opt, update_num=3)
+    assert "node_skipped" not in log and sample_size > 0
+    task.optimizer_step(opt, model, 3)
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_valid_step_reports_forward_nfe_only(data_dir):
+    task, model, _ = build(data_dir, "--node-decoder")
+    _, _, log = task.valid_step(batch(task, PAIRS), model, crit(task))
+    assert log["nfe_dec_fwd"] > 0 and "nfe_dec_bwd" not in log and "nfe_enc_fwd" not in log
+
+
+def test_generation_budget_error_is_clear(data_dir):
+    task, model, _ = build(data_dir, "--node-encoder", "--node-max-nfe", "3")
+    model.eval()
+    with torch.no_grad(), pytest.raises(MaxNFEExceeded, match="max_nfe 3"):
+        model(**batch(task, PAIRS)["net_input"])
