@@ -20,6 +20,9 @@ class MaxNFEExceeded(ODESolveError):
             f"(reached t={t:.6g})"
         )
 
+    def __reduce__(self):  # picklable across processes (Exception pickles args only)
+        return type(self), (self.nfe, self.t, self.limit, self.phase)
+
 
 class NonFiniteStateError(ODESolveError):
     """The solution holds NaN or Inf: the dynamics blew up."""

@@ -52,6 +52,7 @@ class _BoundDynamics(nn.Module):
         self.stats = stats
         self.max_nfe = max_nfe
         self.phase = "forward"
+        self.pass_nfe = 0  # evaluations of the current backward pass
 
     def forward(self, t: Tensor, y: State):
         stats = self.stats
@@ -60,11 +61,27 @@ class _BoundDynamics(nn.Module):
             nfe = stats.nfe_forward
         else:
             stats.nfe_backward += 1
-            nfe = stats.nfe_backward
+            self.pass_nfe += 1
+            nfe = self.pass_nfe
         stats.t_last = t
         if self.max_nfe is not None and nfe > self.max_nfe:
-            raise MaxNFEExceeded(nfe, float(t), self.max_nfe, self.phase)
+            raise MaxNFEExceeded(nfe, float(t.detach()), self.max_nfe, self.phase)
         return self.func(t, y, **self.inputs)
+
+
+class _BackwardPassStart(torch.autograd.Function):
+    """Identity on the solution; its backward runs just before the adjoint's, so each
+    backward pass (retain_graph allows several) gets its own evaluation budget."""
+
+    @staticmethod
+    def forward(ctx, dyn, *ys):
+        ctx.dyn = dyn
+        return tuple(y.view_as(y) for y in ys)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.dyn.pass_nfe = 0
+        return (None, *grads)
 
 
 def _grad_tensors(obj: Any, found: List[Tensor]) -> List[Tensor]:
@@ -198,4 +215,6 @@ def odeint_adjoint_ext(
     )
     # Every later evaluation of this module comes from the adjoint backward.
     dyn.phase = "backward"
-    return solution
+    if isinstance(solution, tuple):
+        return _BackwardPassStart.apply(dyn, *solution)
+    return _BackwardPassStart.apply(dyn, solution)[0]

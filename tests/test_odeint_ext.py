@@ -590,8 +590,8 @@ def test_is_adaptive_and_seminorm_validation():
 
 
 # --------------------------------------------------------------------------------------------
-# Known defects in odeint_ext, pinned as strict xfails: each turns into a failure (XPASS) once
-# fixed, so the marker gets removed together with the fix.
+# A known limitation pinned as a strict xfail (it turns into a failure once fixed), and a
+# fixed defect kept as a regression test.
 # --------------------------------------------------------------------------------------------
 
 
@@ -614,10 +614,6 @@ def test_backward_solve_failure_raises_odesolveerror():
     assert isinstance(info.value, ODESolveError), f"{type(info.value).__name__}: {info.value}"
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="odeint_ext bug: MaxNFEExceeded.__init__ takes (nfe, t, limit, phase) "
-                          "but Exception.args holds only the message, so it cannot be unpickled "
-                          "(crossing a multiprocessing boundary) or copied")
 def test_max_nfe_exceeded_pickles():
     import pickle
 
@@ -646,3 +642,19 @@ def test_cuda_attention_adjoint_and_nfe():
     (sol * weights).sum().backward()
     assert stats.nfe_backward == counted.calls - n_forward > 0
     assert enc.grad.is_cuda and torch.all(enc.grad[1, -2:] == 0)
+
+
+def test_each_backward_pass_has_its_own_budget():
+    f = lambda t, y: -y  # noqa: E731
+    y0 = torch.ones(2, dtype=F64, requires_grad=True)
+    stats = SolveStats()
+    sol = odeint_adjoint_ext(f, y0, [0.0, 1.0], rtol=1e-6, atol=1e-6, stats=stats)
+    sol[-1].sum().backward(retain_graph=True)
+    one_pass = stats.nfe_backward
+    assert one_pass > 0
+    y0.grad = None
+    sol = odeint_adjoint_ext(f, y0, [0.0, 1.0], rtol=1e-6, atol=1e-6, max_nfe=one_pass + 2)
+    sol[-1].sum().backward(retain_graph=True)
+    first = y0.grad.clone()
+    sol[-1].sum().backward()  # a second pass within the same per-pass budget
+    torch.testing.assert_close(y0.grad, 2 * first)
