@@ -85,10 +85,12 @@ class _BackwardPassStart(torch.autograd.Function):
 
 
 def _grad_tensors(obj: Any, found: List[Tensor]) -> List[Tensor]:
-    """Floating tensors that require grad, also inside lists, tuples and dicts."""
+    """Floating tensors that require grad, also inside lists, tuples, dicts and modules."""
     if isinstance(obj, Tensor):
         if obj.requires_grad and obj.is_floating_point():
             found.append(obj)
+    elif isinstance(obj, nn.Module):
+        found.extend(p for p in obj.parameters() if p.requires_grad)
     elif isinstance(obj, (list, tuple)):
         for item in obj:
             _grad_tensors(item, found)
