@@ -1,0 +1,135 @@
+"""End to end with fairseq's own tools on the generated toy task:
+fairseq-preprocess, fairseq-train (2 epochs), fairseq-generate, fairseq-interactive."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fairseq_helpers import ROOT, USER_DIR, cli
+
+ENV = {"OMP_NUM_THREADS": "1"}
+N_TEST = 21  # not a multiple of 8: fairseq main would drop the last batch
+
+VARIANTS = {
+    "full": ["--node-encoder", "--node-decoder"],
+    "decoder-only": ["--node-decoder", "--encoder-layers", "1"],
+    "separated": ["--node-encoder", "--node-decoder", "--node-separated-decoder"],
+    "separated-aug-time": ["--node-decoder", "--node-separated-decoder", "--encoder-layers", "1",
+                           "--node-augment-dims", "1", "--node-time-dependent"],
+}
+MODEL = [
+    "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+    "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+    "--share-all-embeddings", "--dropout", "0.1",
+]
+
+
+@pytest.fixture(scope="module")
+def data_bin(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    raw, out = root / "raw", root / "bin"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_toy_data.py"), str(raw),
+                    "--train", "300", "--valid", "20", "--test", str(N_TEST), "--max-len", "6"],
+                   check=True, capture_output=True)
+    cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
+        "--trainpref", str(raw / "train"), "--validpref", str(raw / "valid"),
+        "--testpref", str(raw / "test"), "--destdir", str(out), "--workers", "1", env=ENV)
+    return str(out), str(raw)
+
+
+def train(data, save_dir, *flags, epochs=2):
+    return cli("fairseq-train", data, "--user-dir", USER_DIR, "--task", "node_translation",
+               "--arch", "node_transformer", *MODEL, *flags,
+               "--optimizer", "adam", "--lr", "5e-3", "--lr-scheduler", "inverse_sqrt",
+               "--warmup-updates", "10", "--criterion", "label_smoothed_cross_entropy",
+               "--label-smoothing", "0.1", "--max-tokens", "400", "--max-epoch", str(epochs),
+               "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "json",
+               "--log-interval", "2", "--num-workers", "0", "--seed", "1",
+               "--tensorboard-logdir", os.path.join(save_dir, "tb"), env=ENV)
+
+
+def log_records(proc, kind):
+    """fairseq's json log lines of one kind ('train', 'valid', 'train_inner')."""
+    out = []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        m = re.search(r"\| (\w+) \| (\{.*\})$", line)
+        if m and m.group(1) == kind:
+            out.append(json.loads(m.group(2)))
+    return out
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_train_generate_interactive(data_bin, tmp_path, variant):
+    data, raw = data_bin
+    save = str(tmp_path / "ckpt")
+    proc = train(data, save, *VARIANTS[variant])
+    epochs = log_records(proc, "train")
+    valid = log_records(proc, "valid")
+    inner = log_records(proc, "train_inner")
+    assert len(epochs) == 2 and len(valid) == 2 and inner
+    assert float(epochs[1]["train_loss"]) < float(epochs[0]["train_loss"])
+    assert float(valid[1]["valid_loss"]) < float(valid[0]["valid_loss"])
+    sides = ["dec"] + (["enc"] if "--node-encoder" in VARIANTS[variant] else [])
+    for side in sides:
+        for key in (f"train_nfe_{side}_fwd", f"train_nfe_{side}_bwd"):
+            assert float(epochs[1][key]) > 0, key
+        assert float(inner[-1][f"nfe_{side}_fwd"]) > 0  # train_inner keys carry no prefix
+        assert float(valid[1][f"valid_nfe_{side}_fwd"]) > 0
+    if "enc" not in sides:
+        assert "train_nfe_enc_fwd" not in epochs[1]
+    assert os.listdir(os.path.join(save, "tb", "train")), "no tensorboard events"
+
+    ckpt = os.path.join(save, "checkpoint_best.pt")
+    gen = cli("fairseq-generate", data, "--user-dir", USER_DIR, "--task", "node_translation",
+              "--path", ckpt, "--gen-subset", "test", "--beam", "3", "--batch-size", "8",
+              "--max-len-b", "8", env=ENV)
+    hyp_ids = sorted(int(m) for m in re.findall(r"^H-(\d+)\t", gen.stdout, re.M))
+    assert hyp_ids == list(range(N_TEST))
+
+    lines = open(os.path.join(raw, "test.src")).read().splitlines()[:5]
+    inter = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "fairseq-interactive"), data,
+         "--user-dir", USER_DIR, "--task", "node_translation", "--source-lang", "src",
+         "--target-lang", "tgt", "--path", ckpt, "--beam", "2", "--buffer-size", "3",
+         "--batch-size", "3", "--max-len-b", "8"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, **ENV))
+    assert inter.returncode == 0, inter.stderr[-2000:]
+    assert len(re.findall(r"^H-\d+\t", inter.stdout, re.M)) == len(lines)
+
+
+def test_resume_loads_checkpoint_without_env_vars(data_bin, tmp_path):
+    data, _ = data_bin
+    save = str(tmp_path / "ckpt")
+    train(data, save, *VARIANTS["separated"], epochs=1)
+    env_flag = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    assert not env_flag, "the test must run without the weights_only escape hatch"
+    proc = train(data, save, *VARIANTS["separated"], epochs=2)
+    m = re.search(r"Loaded checkpoint \S*checkpoint_last\.pt \(epoch \d+ @ (\d+) updates",
+                  proc.stdout + proc.stderr)
+    assert m and int(m.group(1)) > 0
+    assert [int(r["epoch"]) for r in log_records(proc, "train")] == [2]
+
+
+def test_impossible_flags_stop_with_one_line(data_bin, tmp_path):
+    data, _ = data_bin
+    save = tmp_path / "ckpt"
+    save.mkdir()
+    (save / "keep.txt").write_text("written before")
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "fairseq-train"), data, "--user-dir",
+         USER_DIR, "--task", "node_translation", "--arch", "node_transformer", *MODEL,
+         "--node-separated-decoder", "--save-dir", str(save), "--max-epoch", "1",
+         "--max-tokens", "400"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, **ENV))
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]  # SystemExit's message goes to stderr
+    assert last == "node_transformer: error: --node-separated-decoder requires --node-decoder"
+    assert "Traceback" not in proc.stderr
+    assert (save / "keep.txt").read_text() == "written before"
+    assert not any(p.suffix == ".pt" for p in save.iterdir())
