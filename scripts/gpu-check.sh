@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The prepared check for a machine with one CUDA GPU (about 2-3 minutes):
+#  1. the CUDA tests (pytest -m gpu),
+#  2. a one-minute timing of each variant at transformer-base sizes (tokens/s, NFE, memory).
+# Results go to ${OUT:-runs/gpu-check}/ (log and timing JSON).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+OUTDIR=${OUT:-runs/gpu-check}
+mkdir -p "$OUTDIR"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))" || exit 1
+echo "== CUDA tests"
+"$PY" -m pytest -q -m gpu tests 2>&1 | tee "$OUTDIR/gpu-tests.log"
+rc=${PIPESTATUS[0]}
+echo "== timing, 12 s per variant (5 variants)"
+"$PY" scripts/time_variants.py --device cuda --seconds 12 --json "$OUTDIR/timing.json" 2>&1 \
+  | grep -v Warning | tee "$OUTDIR/timing.log"
+exit $rc
