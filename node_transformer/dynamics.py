@@ -1,8 +1,9 @@
 """The right-hand sides f(t, h) of the NODE-Transformer's ODE blocks.
 
-One class covers every variant of the study: self-attention (encoder, full decoder),
-encoder-attention (full and separated decoder) and the feed-forward network, in the study's
-form: each sub-layer's output is layer-normalised, with no residual (dh/dt = LN(...)).
+Each form covers every variant of the study: self-attention (encoder, full decoder),
+encoder-attention (full and separated decoder) and the feed-forward network.
+``StudyDynamics`` is the study's form (post-norm, no residual: dh/dt = LN(...));
+``PreNormDynamics`` is the residual branch of a pre-norm layer (--node-dynamics prenorm).
 
 State and inputs are fairseq's Time x Batch x Channel tensors. Nothing here solves anything:
 see ode_block.py.
@@ -44,7 +45,8 @@ class SolveDropout:
 
 
 class TransformerDynamics(nn.Module):
-    """f(t, h) = sub-layers of a Transformer layer, without residuals, post-norm.
+    """The sub-layers of a Transformer layer as an ODE right-hand side; a subclass decides
+    how they are put together (``forward``).
 
     Widths: the state has ``state_dim`` channels (model dim + augmented channels); with
     ``time_dependent`` the sub-layers see ``heads`` more channels holding t. The output has
@@ -71,7 +73,6 @@ class TransformerDynamics(nn.Module):
         width = state_dim + (heads if time_dependent else 0)
         if width % heads:
             raise ValueError(f"dynamics width {width} is not a multiple of {heads} heads")
-        self.dropout = dropout
         self.activation_dropout = activation_dropout
         self.activation_fn = utils.get_activation_fn(activation_fn)
         # Attention dropout on the weights is not used inside the dynamics (see README):
@@ -89,10 +90,29 @@ class TransformerDynamics(nn.Module):
         self.encoder_attn_norm = LayerNorm(width) if encoder_attention else None
         self.fc1 = nn.Linear(width, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, state_dim)
-        self.final_norm = LayerNorm(state_dim)
+        self.ffn_norm = LayerNorm(state_dim if self.post_norm else width)
         for fc in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
+
+    post_norm = True
+
+    def _self_attn(self, x, self_attn_mask, self_padding_mask):
+        return self.self_attn(x, x, x, key_padding_mask=self_padding_mask,
+                              attn_mask=self_attn_mask, need_weights=False)[0]
+
+    def _encoder_attn(self, x, encoder_out, encoder_padding_mask):
+        return self.encoder_attn(x, encoder_out, encoder_out,
+                                 key_padding_mask=encoder_padding_mask, need_weights=False)[0]
+
+    def _ffn(self, x, drop):
+        x = drop("activation", self.activation_fn(self.fc1(x)), self.activation_dropout)
+        return drop("ffn", self.fc2(x))
+
+
+class StudyDynamics(TransformerDynamics):
+    """The study's form: each sub-layer's output layer-normalised, no residual;
+    dh/dt = LN(FFN(LN(CrossAttn(LN(SelfAttn(h))))))."""
 
     def forward(
         self,
@@ -110,13 +130,53 @@ class TransformerDynamics(nn.Module):
             tt = t.to(h.dtype).expand(h.shape[0], h.shape[1], self.heads)
             x = torch.cat([h, tt], dim=-1)
         if self.self_attn is not None:
-            x, _ = self.self_attn(x, x, x, key_padding_mask=self_padding_mask,
-                                  attn_mask=self_attn_mask, need_weights=False)
-            x = self.self_attn_norm(drop("self_attn", x))
+            x = self.self_attn_norm(drop("self_attn", self._self_attn(x, self_attn_mask, self_padding_mask)))
         if self.encoder_attn is not None:
-            x, _ = self.encoder_attn(x, encoder_out, encoder_out,
-                                     key_padding_mask=encoder_padding_mask, need_weights=False)
-            x = self.encoder_attn_norm(drop("encoder_attn", x))
-        x = drop("activation", self.activation_fn(self.fc1(x)), self.activation_dropout)
-        x = drop("ffn", self.fc2(x))
-        return self.final_norm(x)
+            x = self.encoder_attn_norm(drop("encoder_attn", self._encoder_attn(x, encoder_out, encoder_padding_mask)))
+        return self.ffn_norm(self._ffn(x, drop))
+
+
+class PreNormDynamics(TransformerDynamics):
+    """f(h) = the residual branch of a pre-norm layer: SelfAttn(LN h) + CrossAttn(LN .) +
+    FFN(LN .), each sub-layer seeing the sum so far; dh/dt itself is not normalised.
+
+    Output projections start at zero, so f = 0 and the flow starts as the identity
+    (ODE Transformer, Li et al. 2022; Tong et al. 2025). Time dependence is not offered here.
+    """
+
+    post_norm = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.time_dependent:
+            raise ValueError("pre-norm dynamics do not take time-dependent input")
+        for proj in (self.fc2, getattr(self.self_attn, "out_proj", None),
+                     getattr(self.encoder_attn, "out_proj", None)):
+            if proj is not None:
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
+
+    def forward(
+        self,
+        t: Tensor,
+        h: Tensor,
+        *,
+        drop: SolveDropout,
+        self_attn_mask: Optional[Tensor] = None,
+        self_padding_mask: Optional[Tensor] = None,
+        encoder_out: Optional[Tensor] = None,
+        encoder_padding_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        x, f = h, None
+        if self.self_attn is not None:
+            f = drop("self_attn", self._self_attn(self.self_attn_norm(x), self_attn_mask, self_padding_mask))
+            x = h + f
+        if self.encoder_attn is not None:
+            a = drop("encoder_attn", self._encoder_attn(self.encoder_attn_norm(x), encoder_out, encoder_padding_mask))
+            f = a if f is None else f + a
+            x = h + f
+        a = self._ffn(self.ffn_norm(x), drop)
+        return a if f is None else f + a
+
+
+DYNAMICS = {"study": StudyDynamics, "prenorm": PreNormDynamics}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fairseq.modules import LayerNorm, MultiheadAttention
 from torch import Tensor, nn
 
-from .dynamics import SolveDropout, TransformerDynamics
+from .dynamics import DYNAMICS, SolveDropout
 from .ode_block import ODEBlock
 from .options import solver_config
 
@@ -32,7 +32,7 @@ class _NODELayer(nn.Module):
         dim, heads = side_cfg.embed_dim, side_cfg.attention_heads
         self.aug = cfg.node_augment_dims * heads
         self.dropout = cfg.dropout
-        dynamics = TransformerDynamics(
+        dynamics = DYNAMICS[cfg.node_dynamics](
             dim + self.aug, side_cfg.ffn_embed_dim, heads,
             time_dependent=cfg.node_time_dependent, dropout=cfg.dropout,
             activation_dropout=cfg.activation_dropout, activation_fn=cfg.activation_fn,
@@ -40,10 +40,14 @@ class _NODELayer(nn.Module):
         )
         self.block = ODEBlock(dynamics, solver_config(cfg))
         self.project = nn.Linear(dim + self.aug, dim) if self.aug else None
+        # Pre-norm dynamics leave the state unnormalised: normalise once after the solve.
+        self.final_norm = LayerNorm(dim) if cfg.node_dynamics == "prenorm" else None
 
     def solve(self, x: Tensor, **inputs) -> Tensor:
         h = self.block(_augment(x, self.aug), drop=SolveDropout(self.dropout, self.training), **inputs)
-        return self.project(h) if self.project is not None else h
+        if self.project is not None:
+            h = self.project(h)
+        return self.final_norm(h) if self.final_norm is not None else h
 
     def upgrade_state_dict_named(self, state_dict, name):
         """Nothing to upgrade: fairseq's encoder calls this on each of its layers."""

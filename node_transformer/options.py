@@ -27,6 +27,7 @@ DEFAULTS = dict(
     node_separated_decoder=False,
     node_backprop="adjoint",
     node_steps=None,
+    node_dynamics="study",
 )
 
 
@@ -60,6 +61,9 @@ def add_node_args(parser) -> None:
                    help="append t (heads channels) to the dynamics' input")
     g.add_argument("--node-backprop", type=str, metavar="KIND",
                    help="adjoint (default, memory flat in NFE) or direct (through the solver)")
+    g.add_argument("--node-dynamics", type=str, metavar="FORM",
+                   help="study (default: post-norm sub-layers, no residual) or prenorm (residual "
+                        "branch of a pre-norm layer, zero-initialised, final LayerNorm after the solve)")
     g.add_argument("--node-steps", type=int, metavar="N",
                    help="fixed-grid methods: number of steps over the interval (default: the --node-ts grid)")
 
@@ -99,6 +103,10 @@ def check_node_args(args) -> None:
     if args.node_method not in METHODS:
         raise NodeArgumentError(
             f"--node-method {args.node_method!r} is unknown; choose one of: {', '.join(METHODS)}")
+    if args.node_dynamics not in ("study", "prenorm"):
+        raise NodeArgumentError(f"--node-dynamics must be study or prenorm, got {args.node_dynamics!r}")
+    if args.node_dynamics == "prenorm" and args.node_time_dependent:
+        raise NodeArgumentError("--node-time-dependent is not available with --node-dynamics prenorm")
     if args.node_backprop not in ("adjoint", "direct"):
         raise NodeArgumentError(f"--node-backprop must be adjoint or direct, got {args.node_backprop!r}")
     for flag, value in (("--node-max-num-steps", args.node_max_num_steps),

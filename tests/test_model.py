@@ -229,3 +229,33 @@ def test_generation_budget_error_is_clear(data_dir):
     model.eval()
     with torch.no_grad(), pytest.raises(MaxNFEExceeded, match="max_nfe 3"):
         model(**batch(task, PAIRS)["net_input"])
+
+
+@pytest.mark.parametrize("variant", ["full", "separated"])
+def test_prenorm_dynamics_start_as_identity_and_match_direct_gradients(data_dir, variant):
+    task, model, _ = build(data_dir, *VARIANTS[variant], "--node-dynamics", "prenorm",
+                           "--node-rtol", "1e-10", "--node-atol", "1e-10", "--node-max-nfe", "0",
+                           "--activation-fn", "gelu")
+    sample = batch(task, PAIRS)
+    dec = model.decoder.layers[0]
+    h = torch.randn(4, 3, 8, dtype=torch.float64)
+    enc = torch.randn(5, 3, 8, dtype=torch.float64)
+    f = dec.block.dynamics(torch.tensor(0.0), h, drop=SolveDropout(0.0, False), encoder_out=enc)
+    assert torch.equal(f, torch.zeros_like(h)), "zero-initialised output projections: f = 0"
+    # Move away from the zero start so that every parameter carries gradient, then compare.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.train()
+    adjoint = grads(model, sample, seed=1)
+    set_solver(model, backprop="direct")
+    direct = grads(model, sample, seed=1)
+    floor = 1e-6 * max(g.abs().max() for g in direct.values())
+    for name in direct:
+        err = (adjoint[name] - direct[name]).abs().max() / direct[name].abs().max().clamp_min(floor)
+        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+
+
+def test_prenorm_rejects_time_dependence():
+    with pytest.raises(NodeArgumentError, match="--node-time-dependent"):
+        check_node_args(ns(node_decoder=True, node_dynamics="prenorm", node_time_dependent=True))
