@@ -63,7 +63,6 @@ class TransformerDynamics(nn.Module):
         encoder_attention: bool,
         encoder_dim: Optional[int] = None,
         time_dependent: bool = False,
-        dropout: float = 0.0,
         activation_dropout: float = 0.0,
         activation_fn: str = "relu",
     ):

@@ -34,8 +34,7 @@ class _NODELayer(nn.Module):
         self.dropout = cfg.dropout
         dynamics = DYNAMICS[cfg.node_dynamics](
             dim + self.aug, side_cfg.ffn_embed_dim, heads,
-            time_dependent=cfg.node_time_dependent, dropout=cfg.dropout,
-            activation_dropout=cfg.activation_dropout, activation_fn=cfg.activation_fn,
+            time_dependent=cfg.node_time_dependent, activation_dropout=cfg.activation_dropout, activation_fn=cfg.activation_fn,
             **dynamics_kwargs,
         )
         self.block = ODEBlock(dynamics, solver_config(cfg))

@@ -90,7 +90,7 @@ class NODETranslationTask(TranslationTask):
         skip = self._spoiled or self._live_batches == 0
         self._live_batches, self._spoiled = 0, False
         if skip:
-            optimizer.zero_grad()  # an update made of skipped batches only: no step at all
+            optimizer.zero_grad()  # only skipped batches, or unusable gradients: no step
             return
         super().optimizer_step(optimizer, model, update_num)
 
@@ -111,5 +111,5 @@ class NODETranslationTask(TranslationTask):
             # Mean NFE per batch (per solve of each side), over batches and workers.
             metrics.log_scalar(key, sum(values) / len(values), len(values), round=1)
         skipped = sum(log.get("node_skipped", 0) for log in logging_outputs)
-        if skipped or any("node_skipped" in log for log in logging_outputs):
+        if skipped:
             metrics.log_scalar_sum("node_skipped", skipped)
