@@ -73,6 +73,7 @@ class NODEDecoderLayer(_NODELayer):
             self_attention=not separated, encoder_attention=True,
             encoder_dim=cfg.encoder.embed_dim + cfg.node_augment_dims * heads,
         ))
+        self.frozen_encoder = cfg.node_reproduce_frozen_encoder
         self.self_attn = self.self_attn_norm = None
         if separated:
             dim = cfg.decoder.embed_dim
@@ -103,6 +104,8 @@ class NODEDecoderLayer(_NODELayer):
             self_inputs = {}
         else:
             self_inputs = dict(self_attn_mask=self_attn_mask, self_padding_mask=self_attn_padding_mask)
+        if self.frozen_encoder:
+            encoder_out = encoder_out.detach()
         x = self.solve(x, encoder_out=_augment(encoder_out, self.aug),
                        encoder_padding_mask=encoder_padding_mask, **self_inputs)
         return x, None, None

@@ -28,6 +28,7 @@ DEFAULTS = dict(
     node_backprop="adjoint",
     node_steps=None,
     node_dynamics="study",
+    node_reproduce_frozen_encoder=False,
 )
 
 
@@ -64,6 +65,9 @@ def add_node_args(parser) -> None:
     g.add_argument("--node-dynamics", type=str, metavar="FORM",
                    help="study (default: post-norm sub-layers, no residual) or prenorm (residual "
                         "branch of a pre-norm layer, zero-initialised, final LayerNorm after the solve)")
+    g.add_argument("--node-reproduce-frozen-encoder", action="store_true",
+                   help="for comparisons only: reproduce the study's bug, in which the NODE "
+                        "decoder passed no gradient to the encoder output")
     g.add_argument("--node-steps", type=int, metavar="N",
                    help="fixed-grid methods: number of steps over the interval (default: the --node-ts grid)")
 

@@ -259,3 +259,12 @@ def test_prenorm_dynamics_start_as_identity_and_match_direct_gradients(data_dir,
 def test_prenorm_rejects_time_dependence():
     with pytest.raises(NodeArgumentError, match="--node-time-dependent"):
         check_node_args(ns(node_decoder=True, node_dynamics="prenorm", node_time_dependent=True))
+
+
+def test_reproduced_frozen_encoder_gets_no_gradient_from_the_node_decoder(data_dir):
+    task, model, _ = build(data_dir, *VARIANTS["decoder-only"], "--node-reproduce-frozen-encoder")
+    model.train()
+    g = grads(model, batch(task, PAIRS), seed=0)
+    enc = [n for n, _ in model.named_parameters() if n.startswith("encoder.layers.")]
+    assert enc and not any(n in g and g[n].abs().max() > 0 for n in enc)
+    assert g["decoder.layers.0.block.dynamics.fc1.weight"].abs().max() > 0
