@@ -29,7 +29,7 @@ def row(run_dir):
     path = os.path.join(run_dir, "bleu_test.json")
     if os.path.exists(path):
         with open(path) as f:
-            bleu = json.load(f).get("score")
+            bleu = json.load(f).get("bleu")
     nfe = s.get("nfe_train_inner", {})
     study = s.get("study", {})
     name = os.path.basename(os.path.normpath(run_dir))

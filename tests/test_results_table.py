@@ -17,7 +17,7 @@ def write_run(path, nfe, bleu=None):
         json.dump(summary, f)
     if bleu is not None:
         with open(os.path.join(path, "bleu_test.json"), "w") as f:
-            json.dump({"score": bleu}, f)
+            json.dump({"bleu": bleu}, f)  # as scripts/evaluate.py writes it
 
 
 def test_results_table(tmp_path):
