@@ -18,6 +18,15 @@ USER_DIR = os.path.join(ROOT, "node_transformer")
 BIN = os.path.dirname(sys.executable)
 WORDS = [f"w{i}" for i in range(12)]
 
+# The study's variants, as --node-* flags (the encoder of a NODE-decoder-only model: 1 layer).
+VARIANTS = {
+    "full": ["--node-encoder", "--node-decoder"],
+    "separated": ["--node-encoder", "--node-decoder", "--node-separated-decoder"],
+    "decoder-only": ["--node-decoder", "--encoder-layers", "1"],
+    "separated-aug-time": ["--node-decoder", "--node-separated-decoder", "--encoder-layers", "1",
+                           "--node-augment-dims", "1", "--node-time-dependent"],
+}
+
 TINY = [
     "--encoder-embed-dim", "8", "--decoder-embed-dim", "8",
     "--encoder-ffn-embed-dim", "16", "--decoder-ffn-embed-dim", "16",

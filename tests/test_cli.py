@@ -10,16 +10,13 @@ import sys
 import pytest
 
 from fairseq_helpers import ROOT, USER_DIR, cli
+from fairseq_helpers import VARIANTS as STUDY_VARIANTS
 
 ENV = {"OMP_NUM_THREADS": "1"}
 N_TEST = 21  # not a multiple of 8: fairseq main would drop the last batch
 
 VARIANTS = {
-    "full": ["--node-encoder", "--node-decoder"],
-    "decoder-only": ["--node-decoder", "--encoder-layers", "1"],
-    "separated": ["--node-encoder", "--node-decoder", "--node-separated-decoder"],
-    "separated-aug-time": ["--node-decoder", "--node-separated-decoder", "--encoder-layers", "1",
-                           "--node-augment-dims", "1", "--node-time-dependent"],
+    **STUDY_VARIANTS,
     "prenorm-rk4-direct": ["--node-encoder", "--node-decoder", "--node-dynamics", "prenorm",
                            "--node-method", "rk4", "--node-steps", "2", "--node-backprop", "direct"],
 }

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.optim.sgd import SGD
 
-from fairseq_helpers import batch, build, set_solver, write_dicts
+from fairseq_helpers import VARIANTS, batch, build, set_solver, write_dicts
 from node_transformer.dynamics import SolveDropout
 from node_transformer.encoder import NODETransformerEncoder
 from node_transformer.decoder import NODETransformerDecoder
@@ -16,14 +16,6 @@ from node_transformer.options import NodeArgumentError, check_node_args, parse_t
 from odeint_ext import MaxNFEExceeded
 
 PAIRS = [("w1 w2 w3 w4", "w5 w6 w7"), ("w3 w2", "w8 w9 w10 w11 w4"), ("w7", "w1 w2")]
-
-VARIANTS = {
-    "full": ["--node-encoder", "--node-decoder"],
-    "separated": ["--node-encoder", "--node-decoder", "--node-separated-decoder"],
-    "decoder-only": ["--node-decoder", "--encoder-layers", "1"],
-    "separated-aug-time": ["--node-decoder", "--node-separated-decoder", "--encoder-layers", "1",
-                           "--node-augment-dims", "1", "--node-time-dependent"],
-}
 
 
 @pytest.fixture(scope="module")
