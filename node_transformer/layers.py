@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .dynamics import DYNAMICS, SolveDropout
 from .ode_block import ODEBlock
-from .options import solver_config
+from .options import regularisation, solver_config
 
 
 def _augment(x: Tensor, n: int) -> Tensor:
@@ -37,7 +37,7 @@ class _NODELayer(nn.Module):
             time_dependent=cfg.node_time_dependent, activation_dropout=cfg.activation_dropout, activation_fn=cfg.activation_fn,
             **dynamics_kwargs,
         )
-        self.block = ODEBlock(dynamics, solver_config(cfg))
+        self.block = ODEBlock(dynamics, solver_config(cfg), regularisation(cfg))
         self.project = nn.Linear(dim + self.aug, dim) if self.aug else None
         # Pre-norm dynamics leave the state unnormalised: normalise once after the solve.
         self.final_norm = LayerNorm(dim) if cfg.node_dynamics == "prenorm" else None

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from typing import Tuple
 
-from odeint_ext import METHODS
+from odeint_ext import ADAPTIVE_METHODS, METHODS
 
 from .ode_block import SolverConfig
+from .regularisers import Regularisation
 
 DEFAULTS = dict(
     node_encoder=False,
@@ -29,7 +30,19 @@ DEFAULTS = dict(
     node_steps=None,
     node_dynamics="study",
     node_reproduce_frozen_encoder=False,
+    node_on_budget="skip",
+    node_fallback_steps=8,
+    node_first_step=None,
+    node_min_step=None,
+    node_adjoint_seminorm=False,
+    node_kinetic_energy=0.0,
+    node_jacobian_norm=0.0,
+    node_steer_b=0.0,
 )
+
+ON_BUDGET = ("error", "skip", "fixed-step", "defer")
+# torchdiffeq's own adaptive Runge-Kutta solvers: they take first_step and min_step.
+RK_ADAPTIVE = tuple(m for m in ADAPTIVE_METHODS if m != "scipy_solver")
 
 
 class NodeArgumentError(ValueError):
@@ -70,6 +83,27 @@ def add_node_args(parser) -> None:
                         "decoder passed no gradient to the encoder output")
     g.add_argument("--node-steps", type=int, metavar="N",
                    help="fixed-grid methods: number of steps over the interval (default: the --node-ts grid)")
+    g.add_argument("--node-on-budget", type=str, metavar="POLICY",
+                   help="a training batch whose solve exceeds --node-max-nfe: error (stop), skip "
+                        "(default: drop it, count it), fixed-step (solve it again with rk4, "
+                        "--node-fallback-steps steps) or defer (train on it in the next epoch)")
+    g.add_argument("--node-fallback-steps", type=int, metavar="N",
+                   help="rk4 steps of --node-on-budget fixed-step (default 8)")
+    g.add_argument("--node-first-step", type=float, metavar="DT",
+                   help="adaptive methods: the first step size tried (default: the solver's guess)")
+    g.add_argument("--node-min-step", type=float, metavar="DT",
+                   help="adaptive methods: steps this small are accepted whatever their error, "
+                        "which bounds the number of steps (default 0)")
+    g.add_argument("--node-adjoint-seminorm", action="store_true",
+                   help="adjoint backward: leave the parameter gradients out of the error norm "
+                        "(fewer backward steps, Kidger et al. 2021)")
+    g.add_argument("--node-kinetic-energy", type=float, metavar="C",
+                   help="RNODE: add C x integral of ||f||^2 dt to the training loss (default 0)")
+    g.add_argument("--node-jacobian-norm", type=float, metavar="C",
+                   help="RNODE: add C x integral of ||df/dh||_F^2 dt (Hutchinson estimate) "
+                        "to the training loss (default 0)")
+    g.add_argument("--node-steer-b", type=float, metavar="B",
+                   help="STEER: in training, draw the end time from U(T-B, T+B) per solve (default 0)")
 
 
 def set_node_defaults(args) -> None:
@@ -119,7 +153,33 @@ def check_node_args(args) -> None:
             raise NodeArgumentError(f"{flag} must be >= 1, got {value}")
     if args.node_max_nfe is not None and args.node_max_nfe < 0:
         raise NodeArgumentError(f"--node-max-nfe must be >= 0 (0 = unbounded), got {args.node_max_nfe}")
-    parse_ts(args.node_ts)
+    ts = parse_ts(args.node_ts)
+    if args.node_on_budget not in ON_BUDGET:
+        raise NodeArgumentError(
+            f"--node-on-budget must be one of {', '.join(ON_BUDGET)}, got {args.node_on_budget!r}")
+    if args.node_fallback_steps < 1:
+        raise NodeArgumentError(f"--node-fallback-steps must be >= 1, got {args.node_fallback_steps}")
+    adaptive = args.node_method in RK_ADAPTIVE
+    for flag, value, low in (("--node-first-step", args.node_first_step, "> 0"),
+                             ("--node-min-step", args.node_min_step, ">= 0")):
+        if value is None:
+            continue
+        if not (value > 0 if low == "> 0" else value >= 0):
+            raise NodeArgumentError(f"{flag} must be {low}, got {value}")
+        if not adaptive:
+            raise NodeArgumentError(f"{flag} needs an adaptive Runge-Kutta --node-method "
+                                    f"({', '.join(RK_ADAPTIVE)}), got {args.node_method!r}")
+    if args.node_adjoint_seminorm and (args.node_backprop != "adjoint" or not adaptive):
+        raise NodeArgumentError("--node-adjoint-seminorm needs --node-backprop adjoint and an "
+                                f"adaptive Runge-Kutta --node-method, got {args.node_backprop} / {args.node_method}")
+    for flag, value in (("--node-kinetic-energy", args.node_kinetic_energy),
+                        ("--node-jacobian-norm", args.node_jacobian_norm),
+                        ("--node-steer-b", args.node_steer_b)):
+        if not value >= 0:
+            raise NodeArgumentError(f"{flag} must be >= 0, got {value}")
+    if args.node_steer_b >= ts[-1] - ts[-2]:
+        raise NodeArgumentError(f"--node-steer-b {args.node_steer_b} must be smaller than the "
+                                f"last interval of --node-ts ({ts[-1] - ts[-2]:g})")
 
 
 def solver_config(args) -> SolverConfig:
@@ -132,4 +192,12 @@ def solver_config(args) -> SolverConfig:
         max_nfe=args.node_max_nfe or None,
         backprop=args.node_backprop,
         steps=args.node_steps,
+        first_step=args.node_first_step,
+        min_step=args.node_min_step,
+        seminorm=args.node_adjoint_seminorm,
     )
+
+
+def regularisation(args) -> Regularisation:
+    return Regularisation(kinetic=args.node_kinetic_energy, jacobian=args.node_jacobian_norm,
+                          steer_b=args.node_steer_b)

@@ -1,0 +1,71 @@
+"""Penalties that keep learned dynamics cheap to solve (RNODE, Finlay et al. 2020) and a
+random end time (STEER, Ghosh et al. 2020).
+
+RNODE adds to the loss the kinetic energy  K = int ||f(t, h)||^2 dt  and the Jacobian
+Frobenius norm  J = int ||df/dh||_F^2 dt  (estimated with one Gaussian probe e per solve:
+||e^T df/dh||^2, Hutchinson's trick). Both integrals are solved with h as two extra scalar
+channels of the state, so they cost no extra evaluation of f; the Jacobian term costs one
+vector-Jacobian product per evaluation. Each is averaged over the state's positions
+(Time x Batch), padding included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+@dataclass(frozen=True)
+class Regularisation:
+    kinetic: float = 0.0  # coefficient of K (--node-kinetic-energy)
+    jacobian: float = 0.0  # coefficient of J (--node-jacobian-norm)
+    steer_b: float = 0.0  # training end time drawn from U(T - b, T + b) (--node-steer-b)
+
+    @property
+    def integrates_penalties(self) -> bool:
+        return self.kinetic > 0 or self.jacobian > 0
+
+
+def _per_position(x: Tensor) -> Tensor:
+    return x.pow(2).sum(-1).mean().reshape(1)
+
+
+class PenalisedDynamics(nn.Module):
+    """(h, K, J) -> (f, ||f||^2, ||e^T df/dh||^2): the dynamics with the penalties' rates.
+
+    Not registered as a submodule of the block (its parameters are the dynamics' own, and a
+    second name for them would change the checkpoint's keys); made per solve.
+    """
+
+    def __init__(self, dynamics: nn.Module, jacobian: bool):
+        super().__init__()
+        self.dynamics = dynamics
+        self.jacobian = jacobian
+
+    def forward(self, t: Tensor, state, *, probe: Tensor = None, **inputs):
+        h = state[0]
+        if not self.jacobian:
+            f = self.dynamics(t, h, **inputs)
+            return f, _per_position(f), torch.zeros_like(state[2])
+        # The vector-Jacobian product needs a graph even in the adjoint's forward solve
+        # (run without grad); a graph of the product itself only when something will
+        # differentiate it (direct backprop, or the adjoint's backward).
+        outer = torch.is_grad_enabled()
+        # The product is differentiated again: attention must take torch's plain "math"
+        # path, since the fused CPU/GPU kernels have no second derivative.
+        math_attention = sdpa_kernel(SDPBackend.MATH) if outer else contextlib.nullcontext()
+        with torch.enable_grad(), math_attention:
+            if not (outer and h.requires_grad):
+                # A fresh leaf: views made in no-grad mode may claim requires_grad
+                # without a graph to differentiate.
+                h = h.detach().requires_grad_(True)
+            f = self.dynamics(t, h, **inputs)
+            ejac = torch.autograd.grad(f, h, probe, create_graph=outer)[0]
+        if not outer:
+            f, ejac = f.detach(), ejac.detach()
+        return f, _per_position(f), _per_position(ejac)

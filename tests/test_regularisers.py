@@ -1,0 +1,168 @@
+"""RNODE penalties, STEER end times and the adaptive solver's step options."""
+
+import argparse
+import math
+
+import pytest
+import torch
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+from fairseq.optim.sgd import SGD
+from torch import nn
+
+from fairseq_helpers import batch, build, set_solver, write_dicts
+from node_transformer.ode_block import ODEBlock, SolverConfig
+from node_transformer.options import NodeArgumentError, check_node_args, set_node_defaults
+from node_transformer.regularisers import Regularisation
+
+PAIRS = [("w1 w2 w3 w4", "w5 w6 w7"), ("w3 w2", "w8 w9 w10 w11 w4"), ("w7", "w1 w2")]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dicts(str(tmp_path_factory.mktemp("dicts")))
+
+
+class Linear(nn.Module):
+    """f(t, h) = a h: K and J have closed forms."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a, dtype=torch.float64))
+
+    def forward(self, t, h):
+        return self.a * h
+
+
+TIGHT = SolverConfig(rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backprop", ["adjoint", "direct"])
+def test_penalties_equal_their_closed_forms_and_get_gradients(backprop):
+    a = 0.7
+    block = ODEBlock(Linear(a), SolverConfig(rtol=1e-10, atol=1e-10, backprop=backprop),
+                     Regularisation(kinetic=1.0, jacobian=1.0)).train()
+    torch.manual_seed(0)
+    h0 = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    h1 = block(h0)
+    torch.manual_seed(1)
+    probe = torch.randn_like(h0)  # the block's Hutchinson probe: its first draw after seed 1
+    # h = h0 e^{at}: K = a^2 |h0|^2 (e^{2a} - 1) / (2a), J = a^2 |probe|^2 (per position).
+    positions = 5 * 3
+    kinetic = a ** 2 * h0.detach().pow(2).sum() / positions * (math.exp(2 * a) - 1) / (2 * a)
+    jacobian = a ** 2 * probe.pow(2).sum() / positions
+    torch.testing.assert_close(h1, h0 * math.exp(a), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(block.penalties["kinetic"], kinetic, rtol=1e-7, atol=0)
+    torch.testing.assert_close(block.penalties["jacobian"], jacobian, rtol=1e-7, atol=0)
+    (block.penalties["kinetic"] + block.penalties["jacobian"]).backward()
+    # dK/da and dJ/da from the closed forms: K = n2 a (e^{2a} - 1) / 2, J = a^2 P.
+    n2 = float(h0.detach().pow(2).sum()) / positions
+    dk = n2 * ((math.exp(2 * a) - 1) / 2 + a * math.exp(2 * a))
+    dj = 2 * a * float(probe.pow(2).sum()) / positions
+    assert block.dynamics.a.grad.item() == pytest.approx(dk + dj, rel=1e-6)
+
+
+def test_no_penalties_in_evaluation_or_without_coefficients():
+    h0 = torch.randn(2, 1, 4, dtype=torch.float64)
+    block = ODEBlock(Linear(0.5), TIGHT, Regularisation(kinetic=1.0)).eval()
+    block(h0)
+    assert block.penalties == {}
+    block = ODEBlock(Linear(0.5), TIGHT).train()
+    block(h0.requires_grad_())
+    assert block.penalties == {}
+
+
+def test_penalised_training_step_adds_and_logs_each_term(data_dir):
+    coef_k, coef_j = 0.5, 0.25
+    task, model, _ = build(data_dir, "--node-encoder", "--node-decoder", "--dropout", "0.0",
+                           "--node-kinetic-energy", str(coef_k), "--node-jacobian-norm", str(coef_j))
+    model.train()
+    opt = SGD(argparse.Namespace(lr=[0.1], momentum=0.0, weight_decay=0.0),
+              [p for p in model.parameters() if p.requires_grad])
+    crit = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    loss, sample_size, log = task.train_step(batch(task, PAIRS), model, crit, opt, update_num=1)
+    assert log["rnode_kinetic"] > 0 and log["rnode_jacobian"] > 0
+    penalty = coef_k * log["rnode_kinetic"] + coef_j * log["rnode_jacobian"]
+    assert float(loss) == pytest.approx(float(log["loss"]) + sample_size * penalty, rel=1e-9)
+    # Validation: the criterion's loss only.
+    _, _, vlog = task.valid_step(batch(task, PAIRS), model, crit)
+    assert "rnode_kinetic" not in vlog
+
+
+def test_kinetic_penalty_gradient_reaches_the_dynamics(data_dir):
+    task, model, _ = build(data_dir, "--node-encoder", "--dropout", "0.0", "--node-kinetic-energy", "1")
+    model.train()
+    model(**batch(task, PAIRS)["net_input"])
+    block = model.encoder.layers[0].block
+    block.penalties["kinetic"].backward()
+    assert block.dynamics.fc2.weight.grad.abs().max() > 0
+    assert model.encoder.embed_tokens.weight.grad.abs().max() > 0  # through h0
+
+
+def test_steer_draws_the_end_time_in_training_only():
+    block = ODEBlock(Linear(0.1), SolverConfig(ts=(0.0, 0.5, 1.0)), Regularisation(steer_b=0.25))
+    like = torch.zeros(1, dtype=torch.float64)
+    block.train()
+    ends = {float(block._times(like)[-1]) for _ in range(50)}
+    assert len(ends) == 50 and all(0.75 <= t <= 1.25 for t in ends)
+    assert min(ends) < 0.85 and max(ends) > 1.15
+    assert all(float(block._times(like)[1]) == 0.5 for _ in range(5))
+    block.eval()
+    assert block._times(like).tolist() == [0.0, 0.5, 1.0]
+
+
+class Stiff(nn.Module):
+    def forward(self, t, h):
+        return -1000.0 * h
+
+
+def test_min_step_bounds_the_steps_of_a_stiff_solve():
+    h0 = torch.ones(3, dtype=torch.float64)
+    free = ODEBlock(Stiff(), SolverConfig(rtol=1e-8, atol=1e-8)).eval()
+    free(h0)
+    bounded = ODEBlock(Stiff(), SolverConfig(rtol=1e-8, atol=1e-8, min_step=0.1, first_step=0.1)).eval()
+    bounded(h0)
+    nfe_free, nfe_bounded = free.solves[-1].nfe_forward, bounded.solves[-1].nfe_forward
+    # dopri5: 6 evaluations a step, 10 steps of 0.1 (11 when rounding leaves a sliver),
+    # plus the first evaluation.
+    assert nfe_bounded <= 6 * 11 + 1 < nfe_free
+
+
+def test_seminorm_flag_reaches_the_solver_and_saves_backward_steps(data_dir):
+    task, model, _ = build(data_dir, "--node-encoder", "--dropout", "0.0", "--node-rtol", "1e-4",
+                           "--node-atol", "1e-4", "--node-max-nfe", "0", "--node-adjoint-seminorm")
+    assert model.encoder.layers[0].block.solver.seminorm
+    model.train()
+    sample = batch(task, PAIRS)
+
+    def backward_nfe():
+        model.zero_grad()
+        model(**sample["net_input"])[0].sum().backward()
+        return model.encoder.layers[0].block.solves[-1].nfe_backward
+
+    with_seminorm = backward_nfe()
+    set_solver(model, seminorm=False)
+    assert with_seminorm < backward_nfe()
+
+
+def ns(**kw):
+    args = argparse.Namespace(**kw)
+    set_node_defaults(args)
+    return args
+
+
+@pytest.mark.parametrize("kw, flag", [
+    (dict(node_on_budget="retry"), "--node-on-budget"),
+    (dict(node_fallback_steps=0), "--node-fallback-steps"),
+    (dict(node_first_step=0.0), "--node-first-step"),
+    (dict(node_min_step=-1.0), "--node-min-step"),
+    (dict(node_method="rk4", node_min_step=0.1), "--node-min-step"),
+    (dict(node_adjoint_seminorm=True, node_backprop="direct"), "--node-adjoint-seminorm"),
+    (dict(node_adjoint_seminorm=True, node_method="euler"), "--node-adjoint-seminorm"),
+    (dict(node_kinetic_energy=-1.0), "--node-kinetic-energy"),
+    (dict(node_jacobian_norm=float("nan")), "--node-jacobian-norm"),
+    (dict(node_steer_b=0.5, node_ts="0 0.5 1"), "--node-steer-b"),
+])
+def test_bad_new_flags_name_the_flag(kw, flag):
+    with pytest.raises(NodeArgumentError, match=flag):
+        check_node_args(ns(**kw))
