@@ -133,3 +133,19 @@ def test_impossible_flags_stop_with_one_line(data_bin, tmp_path):
     assert "Traceback" not in proc.stderr
     assert (save / "keep.txt").read_text() == "written before"
     assert not any(p.suffix == ".pt" for p in save.iterdir())
+
+
+def test_budget_fallback_and_penalties_reach_the_logs(data_bin, tmp_path):
+    # A budget too small for dopri5: batches are solved again with rk4, and counted.
+    data, _ = data_bin
+    proc = train(data, str(tmp_path / "ckpt"), "--node-encoder", "--node-decoder",
+                 "--node-max-nfe", "7", "--node-on-budget", "fixed-step",
+                 "--node-fallback-steps", "2", "--node-kinetic-energy", "0.01",
+                 "--node-jacobian-norm", "0.01", "--node-steer-b", "0.2")
+    epochs = log_records(proc, "train")
+    assert len(epochs) == 2
+    for e in epochs:
+        assert int(float(e["train_node_fixed_step"])) > 0
+        assert float(e["train_rnode_kinetic"]) > 0 and float(e["train_rnode_jacobian"]) > 0
+    assert float(epochs[1]["train_loss"]) < float(epochs[0]["train_loss"])
+    assert "valid_rnode_kinetic" not in log_records(proc, "valid")[0]
