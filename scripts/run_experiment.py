@@ -2,7 +2,8 @@
 """Run one experiment of the study (a configs/*.json file) with fairseq-train, under a budget.
 
     run_experiment.py NAME --scale {mini,full} --data-bin DIR [--out runs] [--budget-minutes M]
-                      [--smoke] [--resume | --force] [--dry-run] [--extra FAIRSEQ_ARGS...]
+                      [--smoke] [--resume | --force] [--run-name NAME] [--dry-run]
+                      [--extra FAIRSEQ_ARGS...]
 
 NAME is a config's number prefix ("07"), its full name, or an unambiguous prefix of it.
 The command is `python -m fairseq_cli.train` of this interpreter with the config's "args",
@@ -60,11 +61,14 @@ SMOKE_ARGS = [
 SMOKE_BUDGET_MINUTES = 1.0
 
 NFE_KEYS = ("nfe_enc_fwd", "nfe_enc_bwd", "nfe_dec_fwd", "nfe_dec_bwd")
+POLICY_COUNTERS = ("node_fixed_step", "node_deferred", "node_replayed")  # --node-on-budget
+PENALTY_KEYS = ("rnode_kinetic", "rnode_jacobian")
 EPOCH_COLUMNS = (
     ["epoch", "train_loss", "valid_loss", "best_valid_loss", "wall_seconds", "updates",
      "train_nll_loss", "valid_nll_loss"]
     + [f"train_{k}" for k in NFE_KEYS] + [f"valid_{k}" for k in NFE_KEYS]
     + ["node_skipped", "valid_node_skipped"]
+    + list(POLICY_COUNTERS) + [f"train_{k}" for k in PENALTY_KEYS] + ["train_wps"]
 )
 
 LOG_LINE = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
@@ -272,6 +276,11 @@ def epoch_rows(parsed: dict) -> List[Dict[str, object]]:
         node = any(k in t or k in v for k in NFE_KEYS)
         row["node_skipped"] = t.get("node_skipped", 0 if node and t else "")
         row["valid_node_skipped"] = v.get("node_skipped", 0 if node and v else "")
+        for k in POLICY_COUNTERS:
+            row[k] = t.get(k, 0 if node and t else "")
+        for k in PENALTY_KEYS:
+            row[f"train_{k}"] = t.get(k, "")
+        row["train_wps"] = t.get("wps", "")
         out.append(row)
     return out
 
@@ -291,6 +300,24 @@ def nfe_stats(records: List[dict]) -> Dict[str, dict]:
         if vals:
             stats[k] = {"mean": round(sum(vals) / len(vals), 3), "max": max(vals), "n": len(vals)}
     return stats
+
+
+def throughput(records: List[dict]) -> Optional[float]:
+    """Target tokens per second of training: fairseq's wps, averaged over logging intervals."""
+    vals = [r["wps"] for r in records if isinstance(r.get("wps"), (int, float))]
+    return round(sum(vals) / len(vals), 1) if vals else None
+
+
+def peak_rss_mb() -> Optional[float]:
+    """Largest resident set of the finished child processes (here: the training process)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    size = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB (bytes on macOS)
+    if not size:
+        return None  # no child has finished: nothing was measured
+    return round(size / (1024.0 if sys.platform != "darwin" else 1024.0 ** 2), 1)
 
 
 def machine_info() -> dict:
@@ -325,6 +352,8 @@ def summarize(cfg: dict, scale: str, smoke: bool, parsed: dict, rows: List[dict]
     skipped = sum(r.get("node_skipped", 0) for r in parsed["train"]
                   if isinstance(r.get("node_skipped"), (int, float)))
     ckpt = os.path.join(run_dir, "checkpoints", "checkpoint_best.pt")
+    cuda = [r["cuda_peak_mb"] for r in parsed["train_inner"]
+            if isinstance(r.get("cuda_peak_mb"), (int, float))]
     return {
         "config": cfg["name"],
         "scale": scale,
@@ -343,6 +372,11 @@ def summarize(cfg: dict, scale: str, smoke: bool, parsed: dict, rows: List[dict]
         "nfe_train_inner": nfe_stats(parsed["train_inner"]),
         "nfe_valid": nfe_stats(parsed["valid"]),
         "node_skipped": skipped,
+        **{k: sum(r.get(k, 0) for r in parsed["train"] if isinstance(r.get(k), (int, float)))
+           for k in POLICY_COUNTERS},
+        "tokens_per_second": throughput(parsed["train_inner"]),
+        "peak_rss_mb": peak_rss_mb(),
+        "cuda_peak_mb": max(cuda) if cuda else None,
         "checkpoint_best": ckpt if os.path.exists(ckpt) else None,
         "study": cfg["study"],
         "data_bin": os.path.abspath(data_bin),
@@ -453,6 +487,8 @@ def main(argv=None) -> int:
     g.add_argument("--resume", action="store_true",
                    help="continue an existing run dir from its checkpoint_last.pt")
     g.add_argument("--force", action="store_true", help="delete an existing run dir first")
+    p.add_argument("--run-name", metavar="NAME",
+                   help="run directory OUT/NAME (default NAME-SCALE of the config), for variants")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
     p.add_argument("--quiet", action="store_true", help="do not echo fairseq's output")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
@@ -464,7 +500,9 @@ def main(argv=None) -> int:
         if not os.path.isdir(a.data_bin):
             raise RunError(f"{a.data_bin}: data-bin directory not found")
         pair = resolve_pair(a.data_bin, a.source_lang, a.target_lang)
-        run_dir = os.path.abspath(os.path.join(a.out, run_dir_name(cfg, a.scale, a.smoke)))
+        if a.run_name is not None and (not a.run_name or os.sep in a.run_name or a.run_name.startswith(".")):
+            raise RunError(f"--run-name {a.run_name!r}: must be a plain directory name")
+        run_dir = os.path.abspath(os.path.join(a.out, a.run_name or run_dir_name(cfg, a.scale, a.smoke)))
         budget = budget_of(cfg, a.scale, a.budget_minutes, a.smoke)
         cmd = build_command(cfg, a.scale, a.data_bin, run_dir, budget, a.smoke, a.extra,
                             a.source_lang, a.target_lang)
