@@ -1,0 +1,97 @@
+"""scripts/benchmark.py: the side-by-side table, its verdict, and the memory probes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import benchmark as bm  # noqa: E402
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def epochs(*pairs):
+    return [{"epoch": str(i + 1), "valid_loss": str(loss), "wall_seconds": str(wall)}
+            for i, (loss, wall) in enumerate(pairs)]
+
+
+def summary(best, wps, nfe=None, rss=500.0, cuda=None):
+    return {"best_valid_loss": best, "tokens_per_second": wps, "peak_rss_mb": rss,
+            "cuda_peak_mb": cuda, "updates": 10, "epochs": 2, "stop_reason": "budget",
+            "node_skipped": 0, "command_line": "x",
+            "nfe_train_inner": {k: {"mean": v} for k, v in (nfe or {}).items()}}
+
+
+def test_seconds_to_loss_is_the_first_validation_at_or_below_the_target():
+    rows = epochs((6.0, 100), (5.0, 200), (4.5, 300), (4.4, 400))
+    assert bm.seconds_to_loss(rows, 5.0) == 200
+    assert bm.seconds_to_loss(rows, 4.45) == 400
+    assert bm.seconds_to_loss(rows, 4.0) is None
+    assert bm.seconds_to_loss(epochs(("", 50), (3.0, 90)), 3.5) == 90
+
+
+def test_rows_and_verdict():
+    classic = bm.row_of("classic-1layer", summary(5.0, 1000.0), epochs((6, 100), (5.0, 200)), 5.0)
+    assert classic["seconds_to_classic_loss"] == 200 and classic["nfe_forward"] is None
+    fast = bm.row_of("project-best", summary(4.9, 600.0, {"nfe_enc_fwd": 2, "nfe_dec_fwd": 2}),
+                     epochs((7, 150), (5.5, 300), (4.9, 550)), 5.0)
+    assert fast["nfe_forward"] == 4 and fast["nfe_backward"] is None
+    assert fast["seconds_to_classic_loss"] == 550
+    slow = bm.row_of("study-best", summary(5.2, 200.0, {"nfe_dec_fwd": 14, "nfe_dec_bwd": 30}, cuda=900.0),
+                     epochs((9, 600), (5.2, 1200)), 5.0)
+    assert slow["peak_memory_mb"] == 900.0 and slow["peak_memory_kind"] == "cuda_max_allocated"
+    assert slow["nfe_backward"] == 30 and slow["seconds_to_classic_loss"] is None
+    v = bm.verdict([classic, fast, slow])
+    assert v["project-best"] == {"time_ratio_to_classic_loss": 2.75, "tokens_per_second_ratio": 0.6,
+                                 "goal_met": True}
+    assert v["study-best"]["goal_met"] is False and v["study-best"]["time_ratio_to_classic_loss"] is None
+    late = bm.row_of("x", summary(4.0, 500.0), epochs((5.0, 700), (4.0, 900)), 5.0)
+    assert bm.verdict([classic, late])["x"]["goal_met"] is False  # 3.5 x the classic's time
+
+
+def test_memory_probe_measures_one_step_in_a_fresh_process():
+    rows = {}
+    for backprop in ("adjoint", "direct"):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                               "--memory-probe", backprop, "1e-3", "--smoke"],
+                              capture_output=True, text=True, timeout=300, env=ENV)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rows[backprop] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rows["adjoint"]["nfe_forward"] == rows["direct"]["nfe_forward"] > 0
+    assert rows["adjoint"]["nfe_backward"] > 0 and rows["direct"]["nfe_backward"] == 0
+    for r in rows.values():
+        assert r["step_peak_mb"] is None or r["step_peak_mb"] >= 0
+
+
+def test_bad_arguments_are_named(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                           "--data-bin", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 2 and "--data-bin" in proc.stderr
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_writes_the_json(tmp_path):
+    data_bin = os.path.join(ROOT, "data-bin", "multi30k_en_de")
+    if not os.path.isdir(data_bin):
+        pytest.skip("needs data-bin/multi30k_en_de (scripts/prepare_multi30k.py)")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                           "--data-bin", data_bin, "--out", str(tmp_path / "runs"), "--smoke",
+                           "--budget-minutes", "0.5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=1800, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    names = [c["name"] for c in doc["configurations"]]
+    assert names == list(bm.CONFIGS)
+    for c in doc["configurations"]:
+        for key in ("best_valid_loss", "seconds_to_classic_loss", "tokens_per_second",
+                    "nfe_forward", "nfe_backward", "peak_memory_mb"):
+            assert key in c
+        assert c["best_valid_loss"] is not None and c["tokens_per_second"] > 0
+    assert len(doc["memory_vs_nfe"]) == 2 * len(bm.TOLERANCES)
