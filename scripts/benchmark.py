@@ -5,6 +5,7 @@ memory against NFE for adjoint and direct backprop.
 
     benchmark.py --data-bin DIR [--out runs/benchmark] [--budget-minutes 10]
                  [--json docs/benchmark.json] [--only NAME ...] [--skip-memory] [--smoke]
+    benchmark.py --render docs/benchmark.json      (the results page's markdown tables)
 
 Each configuration trains with run_experiment.py (mini scale, the same budget, one after
 the other: run nothing else on the machine meanwhile) into OUT/NAME. The table and the JSON
@@ -271,6 +272,28 @@ def print_table(rows: List[dict], verdicts: dict, memory: List[dict]) -> None:
             print(f"{m['backprop']} | {m['tol']:g} | {m['nfe_forward']} | {m['nfe_backward']} | {m['step_peak_mb']}")
 
 
+def markdown(doc: dict) -> str:
+    """The results page's tables, from a benchmark JSON."""
+    def f(v):
+        return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+    lines = ["| configuration | best valid loss | s to classic's best | time ratio | tokens/s | "
+             "NFE fwd / update | NFE bwd / update | peak memory (MB) | updates | goal met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["configurations"]:
+        v = doc["verdict"].get(r["name"], {})
+        lines.append(f"| {r['name']} | {f(r['best_valid_loss'])} | {f(r['seconds_to_classic_loss'])} | "
+                     f"{f(v.get('time_ratio_to_classic_loss', 1.0 if r['name'] == CLASSIC else None))} | "
+                     f"{f(r['tokens_per_second'])} | {f(r['nfe_forward'])} | {f(r['nfe_backward'])} | "
+                     f"{f(r['peak_memory_mb'])} | {f(r['updates'])} | {f(v.get('goal_met')) if v else 'reference'} |")
+    if doc.get("memory_vs_nfe"):
+        lines += ["", "| backprop | tolerance | NFE forward | NFE backward | peak memory of the step (MB) |",
+                  "|---|---|---|---|---|"]
+        for m in doc["memory_vs_nfe"]:
+            lines.append(f"| {m['backprop']} | {m['tol']:g} | {m['nfe_forward']} | {m['nfe_backward']} | "
+                         f"{f(m['step_peak_mb'])} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -284,9 +307,14 @@ def main(argv=None) -> int:
                    help=f"a subset of: {', '.join(CONFIGS)} ({CLASSIC} is always run)")
     p.add_argument("--skip-memory", action="store_true", help="no memory-against-NFE probes")
     p.add_argument("--smoke", action="store_true", help="tiny models and budgets: checks the pipeline")
+    p.add_argument("--render", metavar="FILE", help="print a benchmark JSON as markdown tables and exit")
     p.add_argument("--memory-probe", nargs=2, metavar=("BACKPROP", "TOL"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
+    if a.render:
+        with open(a.render, encoding="utf-8") as f:
+            print(markdown(json.load(f)))
+        return 0
     if a.memory_probe:
         print(json.dumps(memory_probe(a.memory_probe[0], float(a.memory_probe[1]), a.smoke)))
         return 0

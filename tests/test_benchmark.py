@@ -52,6 +52,10 @@ def test_rows_and_verdict():
     assert v["study-best"]["goal_met"] is False and v["study-best"]["time_ratio_to_classic_loss"] is None
     late = bm.row_of("x", summary(4.0, 500.0), epochs((5.0, 700), (4.0, 900)), 5.0)
     assert bm.verdict([classic, late])["x"]["goal_met"] is False  # 3.5 x the classic's time
+    table = bm.markdown({"configurations": [classic, fast, slow], "verdict": v, "memory_vs_nfe": [
+        {"backprop": "direct", "tol": 1e-3, "nfe_forward": 40, "nfe_backward": 0, "step_peak_mb": 600.0}]})
+    assert "| project-best | 4.9 | 550 | 2.75 | 600 | 4 | - |" in table
+    assert "| classic-1layer | 5 | 200 | 1 |" in table and "| direct | 0.001 | 40 | 0 | 600 |" in table
 
 
 def test_memory_probe_measures_one_step_in_a_fresh_process():

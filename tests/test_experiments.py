@@ -157,6 +157,20 @@ def test_parse_log_and_epoch_rows():
     assert "nfe_enc_fwd" not in stats
 
 
+def test_policy_counts_penalties_and_throughput_in_rows():
+    log = LOG.replace('"train_node_skipped": "1",',
+                      '"train_node_skipped": "1", "train_node_fixed_step": "4", '
+                      '"train_rnode_kinetic": "0.25", "train_wps": "812.5",')
+    log = log.replace('"nfe_dec_fwd": "20", "num_updates": "2"', '"nfe_dec_fwd": "20", "wps": "800", "num_updates": "2"')
+    log = log.replace('"nfe_dec_fwd": "14", "num_updates": "1"', '"nfe_dec_fwd": "14", "wps": "600", "num_updates": "1"')
+    parsed = rx.parse_log(log.splitlines())
+    r1, r2 = rx.epoch_rows(parsed)
+    assert (r1["node_fixed_step"], r2["node_fixed_step"]) == (0, 4)
+    assert r2["train_rnode_kinetic"] == 0.25 and r1["train_rnode_kinetic"] == ""
+    assert r2["train_wps"] == 812.5 and r2["node_deferred"] == 0
+    assert rx.throughput(parsed["train_inner"]) == 700.0
+
+
 def test_parse_generate_orders_by_id():
     out = "S-1\tb\nS-0\ta\nH-1\t-0.5\tB\nD-1\t-0.5\tB x\nD-0\t-0.1\tA\nP-0\t-0.1\n"
     assert ev.parse_generate(out) == {0: "A", 1: "B x"}
