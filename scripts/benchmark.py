@@ -5,7 +5,7 @@ memory against NFE for adjoint and direct backprop.
 
     benchmark.py --data-bin DIR [--out runs/benchmark] [--budget-minutes 10]
                  [--json docs/benchmark.json] [--only NAME ...] [--skip-memory] [--smoke]
-    benchmark.py --render docs/benchmark.json      (the results page's markdown tables)
+    benchmark.py --render docs/benchmark.json [--figure PNG]   (the results page's tables, figure)
 
 Each configuration trains with run_experiment.py (mini scale, the same budget, one after
 the other: run nothing else on the machine meanwhile) into OUT/NAME. The table and the JSON
@@ -294,6 +294,30 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def memory_figure(doc: dict, path: str) -> None:
+    """Peak memory of one training step against its NFE (forward + backward), per backprop."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for backprop, marker in (("adjoint", "o"), ("direct", "s")):
+        pts = sorted((m["nfe_forward"] + m["nfe_backward"], m["step_peak_mb"], m["tol"])
+                     for m in doc["memory_vs_nfe"] if m["backprop"] == backprop and m["step_peak_mb"] is not None)
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=backprop)
+        for x, y, tol in pts:
+            ax.annotate(f"{tol:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("NFE of the step (forward + backward)")
+    ax.set_ylabel("peak memory of the step (MB)")
+    ax.set_title("memory against NFE (labels: tolerance)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -308,12 +332,16 @@ def main(argv=None) -> int:
     p.add_argument("--skip-memory", action="store_true", help="no memory-against-NFE probes")
     p.add_argument("--smoke", action="store_true", help="tiny models and budgets: checks the pipeline")
     p.add_argument("--render", metavar="FILE", help="print a benchmark JSON as markdown tables and exit")
+    p.add_argument("--figure", metavar="PNG", help="with --render: also plot memory against NFE")
     p.add_argument("--memory-probe", nargs=2, metavar=("BACKPROP", "TOL"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
     if a.render:
         with open(a.render, encoding="utf-8") as f:
-            print(markdown(json.load(f)))
+            doc = json.load(f)
+        print(markdown(doc))
+        if a.figure:
+            memory_figure(doc, a.figure)
         return 0
     if a.memory_probe:
         print(json.dumps(memory_probe(a.memory_probe[0], float(a.memory_probe[1]), a.smoke)))

@@ -58,6 +58,23 @@ def test_rows_and_verdict():
     assert "| classic-1layer | 5 | 200 | 1 |" in table and "| direct | 0.001 | 40 | 0 | 600 |" in table
 
 
+def test_render_prints_tables_and_draws_the_memory_figure(tmp_path):
+    doc = {"configurations": [bm.row_of("classic-1layer", summary(5.0, 1000.0), epochs((5.0, 200)), 5.0)],
+           "verdict": {}, "memory_vs_nfe": [
+               {"backprop": b, "tol": t, "nfe_forward": n, "nfe_backward": nb, "step_peak_mb": mb}
+               for b, t, n, nb, mb in (("adjoint", 1e-2, 20, 40, 150.0), ("adjoint", 1e-3, 40, 80, 152.0),
+                                       ("direct", 1e-2, 20, 0, 300.0), ("direct", 1e-3, 40, 0, 600.0))]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(doc))
+    png = tmp_path / "memory.png"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--render",
+                           str(path), "--figure", str(png)], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| classic-1layer | 5 | 200 | 1 |" in proc.stdout and "| adjoint | 0.01 | 20 | 40 | 150 |" in proc.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_memory_probe_measures_one_step_in_a_fresh_process():
     rows = {}
     for backprop in ("adjoint", "direct"):
