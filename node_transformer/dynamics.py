@@ -140,15 +140,20 @@ class PreNormDynamics(TransformerDynamics):
     FFN(LN .), each sub-layer seeing the sum so far; dh/dt itself is not normalised.
 
     Output projections start at zero, so f = 0 and the flow starts as the identity
-    (ODE Transformer, Li et al. 2022; Tong et al. 2025). Time dependence is not offered here.
+    (ODE Transformer, Li et al. 2022; Tong et al. 2025), unless ``output_init="xavier"``
+    keeps fairseq's initialisation. Time dependence is not offered here.
     """
 
     post_norm = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, output_init: str = "zero", **kwargs):
         super().__init__(*args, **kwargs)
         if self.time_dependent:
             raise ValueError("pre-norm dynamics do not take time-dependent input")
+        if output_init not in ("zero", "xavier"):
+            raise ValueError(f"output_init must be zero or xavier, got {output_init!r}")
+        if output_init == "xavier":
+            return
         for proj in (self.fc2, getattr(self.self_attn, "out_proj", None),
                      getattr(self.encoder_attn, "out_proj", None)):
             if proj is not None:

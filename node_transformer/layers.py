@@ -32,6 +32,8 @@ class _NODELayer(nn.Module):
         dim, heads = side_cfg.embed_dim, side_cfg.attention_heads
         self.aug = cfg.node_augment_dims * heads
         self.dropout = cfg.dropout
+        if cfg.node_dynamics == "prenorm":
+            dynamics_kwargs = dict(dynamics_kwargs, output_init=cfg.node_output_init)
         dynamics = DYNAMICS[cfg.node_dynamics](
             dim + self.aug, side_cfg.ffn_embed_dim, heads,
             time_dependent=cfg.node_time_dependent, activation_dropout=cfg.activation_dropout, activation_fn=cfg.activation_fn,

@@ -29,6 +29,7 @@ DEFAULTS = dict(
     node_backprop="adjoint",
     node_steps=None,
     node_dynamics="study",
+    node_output_init="zero",
     node_reproduce_frozen_encoder=False,
     node_on_budget="skip",
     node_fallback_steps=8,
@@ -78,6 +79,9 @@ def add_node_args(parser) -> None:
     g.add_argument("--node-dynamics", type=str, metavar="FORM",
                    help="study (default: post-norm sub-layers, no residual) or prenorm (residual "
                         "branch of a pre-norm layer, zero-initialised, final LayerNorm after the solve)")
+    g.add_argument("--node-output-init", type=str, metavar="INIT",
+                   help="prenorm dynamics: zero (default: the flow starts as the identity) or "
+                        "xavier (fairseq's own initialisation of the output projections)")
     g.add_argument("--node-reproduce-frozen-encoder", action="store_true",
                    help="for comparisons only: reproduce the study's bug, in which the NODE "
                         "decoder passed no gradient to the encoder output")
@@ -143,6 +147,10 @@ def check_node_args(args) -> None:
             f"--node-method {args.node_method!r} is unknown; choose one of: {', '.join(METHODS)}")
     if args.node_dynamics not in ("study", "prenorm"):
         raise NodeArgumentError(f"--node-dynamics must be study or prenorm, got {args.node_dynamics!r}")
+    if args.node_output_init not in ("zero", "xavier"):
+        raise NodeArgumentError(f"--node-output-init must be zero or xavier, got {args.node_output_init!r}")
+    if args.node_output_init != "zero" and args.node_dynamics != "prenorm":
+        raise NodeArgumentError("--node-output-init applies to --node-dynamics prenorm only")
     if args.node_dynamics == "prenorm" and args.node_time_dependent:
         raise NodeArgumentError("--node-time-dependent is not available with --node-dynamics prenorm")
     if args.node_backprop not in ("adjoint", "direct"):

@@ -35,6 +35,12 @@ def test_seconds_to_loss_is_the_first_validation_at_or_below_the_target():
     assert bm.seconds_to_loss(epochs(("", 50), (3.0, 90)), 3.5) == 90
 
 
+def test_node_budget_is_the_factor_times_the_classics_time_to_its_best():
+    classic = epochs((6.0, 100), (5.0, 200), (5.2, 300))
+    assert bm.node_budget_minutes(classic, 5.0, 3.0, 10.0) == pytest.approx(10.0)  # 3 x 200 s
+    assert bm.node_budget_minutes([], None, 3.0, 10.0) == pytest.approx(30.0)  # no validation
+
+
 def test_rows_and_verdict():
     classic = bm.row_of("classic-1layer", summary(5.0, 1000.0), epochs((6, 100), (5.0, 200)), 5.0)
     assert classic["seconds_to_classic_loss"] == 200 and classic["nfe_forward"] is None
@@ -55,6 +61,10 @@ def test_rows_and_verdict():
     table = bm.markdown({"configurations": [classic, fast, slow], "verdict": v, "memory_vs_nfe": [
         {"backprop": "direct", "tol": 1e-3, "nfe_forward": 40, "nfe_backward": 0, "step_peak_mb": 600.0}]})
     assert "| project-best | 4.9 | 550 | 2.75 | 600 | 4 | - |" in table
+    assert "Training budgets" not in table
+    budgets = bm.markdown({"configurations": [classic], "verdict": {}, "memory_vs_nfe": [],
+                           "budget_minutes": 10, "node_budget_minutes": 10.0, "node_budget_factor": 3})
+    assert budgets.startswith("Training budgets: classic 10 min; each NODE configuration 10 min (3 x")
     assert "| classic-1layer | 5 | 200 | 1 |" in table and "| direct | 0.001 | 40 | 0 | 600 |" in table
 
 
@@ -116,3 +126,4 @@ def test_smoke_benchmark_writes_the_json(tmp_path):
             assert key in c
         assert c["best_valid_loss"] is not None and c["tokens_per_second"] > 0
     assert len(doc["memory_vs_nfe"]) == 2 * len(bm.TOLERANCES)
+    assert doc["node_budget_minutes"] > 0 and doc["node_budget_factor"] == bm.GOAL_TIME_RATIO

@@ -236,6 +236,28 @@ def test_prenorm_dynamics_start_as_identity_and_match_direct_gradients(data_dir,
         assert err < 1e-5, f"{name}: relative error {err:.2e}"
 
 
+def test_prenorm_xavier_output_init_starts_away_from_identity(data_dir):
+    task, model, _ = build(data_dir, *VARIANTS["full"], "--node-dynamics", "prenorm",
+                           "--node-output-init", "xavier")
+    dyn = model.decoder.layers[0].block.dynamics
+    for proj in (dyn.fc2, dyn.self_attn.out_proj, dyn.encoder_attn.out_proj):
+        assert proj.weight.abs().max() > 0
+    dtype = dyn.fc2.weight.dtype
+    h = torch.randn(4, 3, 8, dtype=dtype)
+    f = dyn(torch.tensor(0.0), h, drop=SolveDropout(0.0, False),
+            encoder_out=torch.randn(5, 3, 8, dtype=dtype))
+    assert f.abs().max() > 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (dict(node_output_init="xavier"), "prenorm only"),
+    (dict(node_output_init="ones", node_dynamics="prenorm"), "zero or xavier"),
+])
+def test_output_init_checks(extra, message):
+    with pytest.raises(NodeArgumentError, match=message):
+        check_node_args(ns(node_decoder=True, **extra))
+
+
 def test_prenorm_rejects_time_dependence():
     with pytest.raises(NodeArgumentError, match="--node-time-dependent"):
         check_node_args(ns(node_decoder=True, node_dynamics="prenorm", node_time_dependent=True))
