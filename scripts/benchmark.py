@@ -51,9 +51,11 @@ GOAL_TIME_RATIO = 3.0
 CONFIGS = {
     "classic-1layer": ("02", []),
     "study-best": ("07", []),  # separated NODE decoder, aug 1, tol 1e-2 (study's form)
-    "project-best": ("04", [  # full NODE, pre-norm dynamics, one midpoint step, direct backprop
-        "--node-dynamics", "prenorm", "--node-method", "midpoint", "--node-steps", "1",
-        "--node-backprop", "direct"]),
+    # full NODE, pre-norm dynamics with fairseq's initialisation, one midpoint step, direct
+    # backprop, twice the classic's peak learning rate (chosen by 260-update probes, RESULTS.md)
+    "project-best": ("04", [
+        "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method", "midpoint",
+        "--node-steps", "1", "--node-backprop", "direct", "--lr", "4e-3"]),
 }
 CLASSIC = "classic-1layer"
 TOLERANCES = (1e-2, 1e-3, 1e-4)
