@@ -9,15 +9,14 @@ memory against NFE for adjoint and direct backprop.
 
 Each configuration trains with run_experiment.py (mini scale, one after the other: run
 nothing else on the machine meanwhile) into OUT/NAME. The classic trains for the budget; each
-NODE configuration then gets the goal's allowance, NODE_BUDGET_FACTOR (3) times the classic's
-training time to its best loss, so that "reached within 3x" can be observed at all. The table
-and the JSON
-give, per configuration: best valid loss; seconds_to_classic_loss, the training time at the
-first validation whose loss is at or below the classic's best (null if never); target tokens
-per second; mean forward and backward NFE per update (encoder + decoder; null without ODE
-blocks); peak memory (the training process's peak RSS, or max allocated on a GPU). The
-goal of issue 5: best_valid_loss <= the classic's and seconds_to_classic_loss <= 3 x the
-classic's own time to its best.
+NODE configuration then gets the goal's allowance, --node-budget-factor (default 3) times the
+classic's training time to its best loss, so that "reached within 3x" can be observed at all.
+The table and the JSON give, per configuration: best valid loss; seconds_to_classic_loss, the
+training time at the first validation whose loss is at or below the classic's best (null if
+never); target tokens per second; mean forward and backward NFE per update (encoder + decoder;
+null without ODE blocks); peak memory (the training process's peak RSS, or max allocated on a
+GPU). The goal of issue 5: best_valid_loss <= the classic's and seconds_to_classic_loss <= 3 x
+the classic's own time to its best.
 
 Memory against NFE: one training step of a full study-form NODE-Transformer (mini
 dimensions, a fixed synthetic batch) at tolerances 1e-2, 1e-3, 1e-4, with adjoint and with
@@ -50,7 +49,7 @@ GOAL_TIME_RATIO = 3.0
 # are measured against its best loss.
 CONFIGS = {
     # config 02 at the project-best's peak learning rate: its own 2e-3 would be the easier
-    # reference (a 260-update probe: 7.58 bits at 2e-3, 6.71 at 4e-3).
+    # reference (valid loss at 260 updates: 7.58 bits at 2e-3, 6.71 at 4e-3; RESULTS.md).
     "classic-1layer": ("02", ["--lr", "4e-3"]),
     "study-best": ("07", []),  # separated NODE decoder, aug 1, tol 1e-2 (study's form)
     # full NODE, pre-norm dynamics with fairseq's initialisation, one midpoint step, direct
