@@ -135,6 +135,9 @@ class StudyDynamics(TransformerDynamics):
         return self.ffn_norm(self._ffn(x, drop))
 
 
+OUTPUT_INITS = ("zero", "xavier")  # of PreNormDynamics' output projections
+
+
 class PreNormDynamics(TransformerDynamics):
     """f(h) = the residual branch of a pre-norm layer: SelfAttn(LN h) + CrossAttn(LN .) +
     FFN(LN .), each sub-layer seeing the sum so far; dh/dt itself is not normalised.
@@ -150,15 +153,14 @@ class PreNormDynamics(TransformerDynamics):
         super().__init__(*args, **kwargs)
         if self.time_dependent:
             raise ValueError("pre-norm dynamics do not take time-dependent input")
-        if output_init not in ("zero", "xavier"):
-            raise ValueError(f"output_init must be zero or xavier, got {output_init!r}")
-        if output_init == "xavier":
-            return
-        for proj in (self.fc2, getattr(self.self_attn, "out_proj", None),
-                     getattr(self.encoder_attn, "out_proj", None)):
-            if proj is not None:
-                nn.init.zeros_(proj.weight)
-                nn.init.zeros_(proj.bias)
+        if output_init not in OUTPUT_INITS:
+            raise ValueError(f"output_init must be one of {OUTPUT_INITS}, got {output_init!r}")
+        if output_init == "zero":
+            for proj in (self.fc2, getattr(self.self_attn, "out_proj", None),
+                         getattr(self.encoder_attn, "out_proj", None)):
+                if proj is not None:
+                    nn.init.zeros_(proj.weight)
+                    nn.init.zeros_(proj.bias)
 
     def forward(
         self,

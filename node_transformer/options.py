@@ -11,6 +11,7 @@ from typing import Tuple
 
 from odeint_ext import ADAPTIVE_METHODS, METHODS
 
+from .dynamics import OUTPUT_INITS
 from .ode_block import SolverConfig
 from .regularisers import Regularisation
 
@@ -147,7 +148,7 @@ def check_node_args(args) -> None:
             f"--node-method {args.node_method!r} is unknown; choose one of: {', '.join(METHODS)}")
     if args.node_dynamics not in ("study", "prenorm"):
         raise NodeArgumentError(f"--node-dynamics must be study or prenorm, got {args.node_dynamics!r}")
-    if args.node_output_init not in ("zero", "xavier"):
+    if args.node_output_init not in OUTPUT_INITS:
         raise NodeArgumentError(f"--node-output-init must be zero or xavier, got {args.node_output_init!r}")
     if args.node_output_init != "zero" and args.node_dynamics != "prenorm":
         raise NodeArgumentError("--node-output-init applies to --node-dynamics prenorm only")
