@@ -1,5 +1,5 @@
 """NODE-Transformer: a fairseq plugin. ``--user-dir node_transformer`` imports this package,
 which registers the ``node_transformer`` model and the ``node_translation`` task."""
 
-from . import checkpoints  # noqa: F401  (allow-lists what fairseq checkpoints hold)
+from . import fairseq_fixes  # noqa: F401  (checkpoint allow-list, no dropped batches)
 from . import model, task  # noqa: F401  (registration)

@@ -44,8 +44,9 @@ class _NODELayer(nn.Module):
         # Pre-norm dynamics leave the state unnormalised: normalise once after the solve.
         self.final_norm = LayerNorm(dim) if cfg.node_dynamics == "prenorm" else None
 
-    def solve(self, x: Tensor, **inputs) -> Tensor:
-        h = self.block(_augment(x, self.aug), drop=SolveDropout(self.dropout, self.training), **inputs)
+    def solve(self, x: Tensor, padding_mask: Optional[Tensor] = None, **inputs) -> Tensor:
+        h = self.block(_augment(x, self.aug), padding_mask=padding_mask,
+                       drop=SolveDropout(self.dropout, self.training), **inputs)
         if self.project is not None:
             h = self.project(h)
         return self.final_norm(h) if self.final_norm is not None else h
@@ -61,7 +62,7 @@ class NODEEncoderLayer(_NODELayer):
         super().__init__(cfg, cfg.encoder, dict(self_attention=True, encoder_attention=False))
 
     def forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor] = None, attn_mask=None):
-        return self.solve(x, self_padding_mask=encoder_padding_mask)
+        return self.solve(x, padding_mask=encoder_padding_mask, self_padding_mask=encoder_padding_mask)
 
 
 class NODEDecoderLayer(_NODELayer):
@@ -108,6 +109,6 @@ class NODEDecoderLayer(_NODELayer):
             self_inputs = dict(self_attn_mask=self_attn_mask, self_padding_mask=self_attn_padding_mask)
         if self.frozen_encoder:
             encoder_out = encoder_out.detach()
-        x = self.solve(x, encoder_out=_augment(encoder_out, self.aug),
+        x = self.solve(x, padding_mask=self_attn_padding_mask, encoder_out=_augment(encoder_out, self.aug),
                        encoder_padding_mask=encoder_padding_mask, **self_inputs)
         return x, None, None

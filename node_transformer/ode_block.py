@@ -7,13 +7,14 @@ dynamics f live in dynamics.py, the penalties' rates in regularisers.py.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from odeint_ext import SolveStats, is_adaptive, odeint_adjoint_ext, odeint_ext
+from odeint_ext import MaxNFEExceeded, SolveStats, is_adaptive, odeint_adjoint_ext, odeint_ext
 
 from .regularisers import PenalisedDynamics, Regularisation
 
@@ -47,6 +48,85 @@ class SolverConfig:
                        min_step=None, seminorm=False)
 
 
+class _SolverView(nn.Module):
+    """f as the solver sees it: a float32 state whatever the model's dtype, f evaluated in the
+    model's dtype, and padded positions held fixed (dh/dt = 0 where ``keep`` is 0).
+
+    The controller then stays exact in fp16/bf16 (torchdiffeq computes its error norm and
+    first-step guess in the state's dtype: squares of fp16 values overflow), and a sentence's
+    trajectory does not depend on how many pad columns its batch has. Made per solve; its
+    parameters are the dynamics' own.
+    """
+
+    def __init__(self, dynamics: nn.Module, dtype: torch.dtype, stats: SolveStats,
+                 max_nfe: Optional[int], overruns: list):
+        super().__init__()
+        self.dynamics = dynamics
+        self.dtype = dtype
+        self.stats = stats
+        self.max_nfe = max_nfe
+        self.overruns = overruns
+
+    def forward(self, t: Tensor, h: Tensor, *, keep: Optional[Tensor] = None, **inputs) -> Tensor:
+        if self.max_nfe is not None and self._over_budget(t):
+            # Backward over budget: f = 0 ends the adjoint solve in a few cheap steps. Raising
+            # here would leave distributed workers' gradient all-reduces out of step; the
+            # task reads ``overruns`` after the backward and drops the batch on every worker.
+            return h * 0
+        f = self.dynamics(t, h.to(self.dtype), **inputs).to(h.dtype)
+        return f if keep is None else f * keep
+
+    def _over_budget(self, t: Tensor) -> bool:
+        stats, limit = self.stats, self.max_nfe
+        if stats.nfe_backward == 0:
+            if stats.nfe_forward > limit:
+                raise MaxNFEExceeded(stats.nfe_forward, float(t.detach()), limit, "forward")
+            return False
+        if stats.nfe_backward <= limit:
+            return False
+        error = MaxNFEExceeded(stats.nfe_backward, float(t.detach()), limit, "backward")
+        if self.overruns is None:
+            raise error
+        if stats.nfe_backward == limit + 1:
+            self.overruns.append(error)
+        return True
+
+
+class _RealPositionsNorm:
+    """The solver's error norm (RMS, as torchdiffeq's default) over real positions only:
+    pad columns must not change a sentence's steps. A tuple state (RNODE's extra channels)
+    takes the largest of its parts' norms, as torchdiffeq does for tuples."""
+
+    def __init__(self, keep: Tensor):
+        self.keep = keep  # T x B x 1, 1 at real positions
+        self.count = keep.sum()
+
+    def _masked_rms(self, x: Tensor) -> Tensor:
+        return ((x.pow(2) * self.keep).sum() / (self.count * x.shape[-1])).sqrt()
+
+    def __call__(self, x):
+        if isinstance(x, tuple):
+            return torch.stack([self._masked_rms(x[0])] + [p.pow(2).mean().sqrt() for p in x[1:]]).max()
+        return self._masked_rms(x)
+
+
+@contextmanager
+def record_backward_overruns(model: nn.Module):
+    """Backward solves over budget inside this context finish (with f = 0) instead of
+    raising, and are listed in what it yields: a distributed training step must finish its
+    backward, whose gradient all-reduces the other workers wait for, before all of them
+    drop the batch together. The gradients of such a backward are garbage: discard them."""
+    found: list = []
+    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
+    for b in blocks:
+        b.overruns = found
+    try:
+        yield found
+    finally:
+        for b in blocks:
+            b.overruns = None
+
+
 class ODEBlock(nn.Module):
     """Solves the dynamics over ``ts`` and returns the state at the last time.
 
@@ -66,6 +146,9 @@ class ODEBlock(nn.Module):
         self.fallback: Optional[SolverConfig] = None
         self.register_buffer("ts", torch.tensor(solver.ts, dtype=torch.float64), persistent=False)
         self.solves: deque = deque(maxlen=64)
+        # None: a backward over budget raises MaxNFEExceeded. A list (see
+        # record_backward_overruns): the backward finishes and the overrun is put there.
+        self.overruns: Optional[list] = None
         self.penalties: Dict[str, Tensor] = {}
 
     def _times(self, like: Tensor) -> Tensor:
@@ -76,18 +159,27 @@ class ODEBlock(nn.Module):
             ts[-1] += torch.empty((), dtype=ts.dtype, device=ts.device).uniform_(-b, b)
         return ts.to(like.dtype)
 
-    def forward(self, h0: Tensor, **inputs) -> Tensor:
+    def forward(self, h0: Tensor, padding_mask: Optional[Tensor] = None, **inputs) -> Tensor:
+        """``padding_mask``: Batch x Time, True at pads (fairseq's convention); those
+        positions keep their initial state and are left out of the error norm."""
         s = self.fallback or self.solver
         stats = SolveStats()
         self.solves.append(stats)
-        kwargs = dict(rtol=s.rtol, atol=s.atol, method=s.method, options=s.options(),
-                      max_nfe=s.max_nfe, stats=stats)
+        options = s.options()
+        dtype = h0.dtype
+        h0 = h0.float() if dtype in (torch.float16, torch.bfloat16) else h0
+        if padding_mask is not None and bool(padding_mask.any()):
+            keep = (~padding_mask).t().unsqueeze(-1).to(h0.dtype)
+            inputs = dict(inputs, keep=keep)
+            if is_adaptive(s.method) and s.method != "scipy_solver":
+                options = dict(options or {}, norm=_RealPositionsNorm(keep))
+        kwargs = dict(rtol=s.rtol, atol=s.atol, method=s.method, options=options, stats=stats)
         ts = self._times(h0)
-        func, y0 = self.dynamics, h0
+        func, y0 = _SolverView(self.dynamics, dtype, stats, s.max_nfe, self.overruns), h0
         penalised = self.training and self.reg.integrates_penalties and torch.is_grad_enabled()
         if penalised:
             jacobian = self.reg.jacobian > 0
-            func = PenalisedDynamics(self.dynamics, jacobian)
+            func = PenalisedDynamics(func, jacobian)
             y0 = (h0, h0.new_zeros(1), h0.new_zeros(1))
             if jacobian:
                 inputs = dict(inputs, probe=torch.randn_like(h0))
@@ -97,7 +189,7 @@ class ODEBlock(nn.Module):
             out = odeint_ext(func, y0, ts, inputs=inputs, **kwargs)
         if not penalised:
             self.penalties = {}
-            return out[-1]
+            return out[-1].to(dtype)
         h, kinetic, jac = (x[-1] for x in out)
         self.penalties = {"kinetic": kinetic[0], "jacobian": jac[0]}
-        return h
+        return h.to(dtype)

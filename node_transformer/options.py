@@ -138,6 +138,8 @@ def check_node_args(args) -> None:
     """Raise NodeArgumentError naming the first flag that cannot work."""
     if args.node_separated_decoder and not args.node_decoder:
         raise NodeArgumentError("--node-separated-decoder requires --node-decoder")
+    if args.node_reproduce_frozen_encoder and not args.node_decoder:
+        raise NodeArgumentError("--node-reproduce-frozen-encoder requires --node-decoder")
     if args.node_augment_dims < 0:
         raise NodeArgumentError(f"--node-augment-dims must be >= 0, got {args.node_augment_dims}")
     for flag, value in (("--node-rtol", args.node_rtol), ("--node-atol", args.node_atol)):
@@ -163,6 +165,15 @@ def check_node_args(args) -> None:
     if args.node_max_nfe is not None and args.node_max_nfe < 0:
         raise NodeArgumentError(f"--node-max-nfe must be >= 0 (0 = unbounded), got {args.node_max_nfe}")
     ts = parse_ts(args.node_ts)
+    if args.node_steps is not None and args.node_method in ADAPTIVE_METHODS:
+        raise NodeArgumentError(f"--node-steps applies to fixed-grid methods; --node-method "
+                                f"{args.node_method} chooses its own steps")
+    if args.node_max_num_steps is not None and args.node_method not in ADAPTIVE_METHODS:
+        raise NodeArgumentError(f"--node-max-num-steps applies to adaptive methods; --node-method "
+                                f"{args.node_method} takes a fixed number of steps (--node-steps)")
+    if args.node_method == "scipy_solver" and args.node_backprop == "direct":
+        raise NodeArgumentError("--node-method scipy_solver cannot backpropagate through its steps "
+                                "(scipy is outside autograd): use --node-backprop adjoint")
     if args.node_on_budget not in ON_BUDGET:
         raise NodeArgumentError(
             f"--node-on-budget must be one of {', '.join(ON_BUDGET)}, got {args.node_on_budget!r}")
@@ -189,6 +200,12 @@ def check_node_args(args) -> None:
     if args.node_steer_b >= ts[-1] - ts[-2]:
         raise NodeArgumentError(f"--node-steer-b {args.node_steer_b} must be smaller than the "
                                 f"last interval of --node-ts ({ts[-1] - ts[-2]:g})")
+    if not (args.node_encoder or args.node_decoder):
+        changed = [k for k, v in DEFAULTS.items() if getattr(args, k, v) != v]
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise NodeArgumentError(f"{flags} given without --node-encoder or --node-decoder: "
+                                    "no ODE block would use it")
 
 
 def solver_config(args) -> SolverConfig:

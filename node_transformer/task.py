@@ -2,34 +2,47 @@
 
 It logs the NFE of encoder and decoder (forward and adjoint backward) and the RNODE penalties
 with every update through fairseq's metrics, so they appear in train_inner / train / valid
-lines and in tensorboard without a fork of fairseq's Trainer. A batch whose solve exceeds
---node-max-nfe is handled by --node-on-budget (error, skip, fixed-step, defer), and each
-outcome is counted (node_skipped, node_fixed_step, node_deferred, node_replayed: sums per
-logging interval and per epoch).
+lines and in tensorboard without a fork of fairseq's Trainer. A batch whose solve fails
+(over --node-max-nfe, or a solver error such as torchdiffeq's "underflow in dt") is handled
+by --node-on-budget (error, skip, fixed-step, defer), and each outcome is counted
+(node_skipped, node_fixed_step, node_deferred, node_replayed: sums per logging interval and
+per epoch).
+
+With several workers every such decision is collective: after each forward and each backward
+the workers agree (one tiny all-reduce) on whether any of them failed, so all of them skip,
+retry or defer the same batch together and none ever runs a backward the others do not.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from fairseq import utils
-from fairseq.logging import metrics
+from fairseq.logging import meters, metrics
+from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from odeint_ext import MaxNFEExceeded
+from odeint_ext import MaxNFEExceeded, ODESolveError
 
-from .ode_block import ODEBlock
+from .ode_block import ODEBlock, record_backward_overruns
 from .options import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
 SIDES = (("encoder", "enc"), ("decoder", "dec"))
 COUNTERS = ("node_skipped", "node_fixed_step", "node_deferred", "node_replayed")
+VALID_COUNTERS = ("node_skipped", "node_fixed_step")
 PENALTIES = (("kinetic", "node_kinetic_energy"), ("jacobian", "node_jacobian_norm"))
+BATCHES = "node_batches"  # batches whose NFE a log holds: the divisor of the NFE means
+# What a failed solve looks like: our budget and guards, and torchdiffeq's own asserts
+# (raised from inside autograd in the adjoint backward, where nothing can wrap them).
+SOLVER_ERRORS = (ODESolveError, AssertionError)
 
 
 def _blocks(module):
@@ -100,17 +113,59 @@ class PenalisedCriterion:
         return loss, sample_size, log
 
 
-def _empty_output(counter: str) -> dict:
-    return {"loss": 0.0, "nll_loss": 0.0, "ntokens": 0, "nsentences": 0, "sample_size": 0,
-            counter: 1}
-
-
 def _merge(a: tuple, b: tuple) -> tuple:
     """Two batches trained in one step: losses, sizes and logged numbers add up."""
     log = dict(a[2])
     for k, v in b[2].items():
         log[k] = log.get(k, 0) + v if isinstance(v, (int, float)) or torch.is_tensor(v) else v
     return a[0] + b[0], a[1] + b[1], log
+
+
+def _stop(error: BaseException) -> SystemExit:
+    """--node-on-budget error: one line naming the failure, not a traceback. A SystemExit
+    passes fairseq's crash handler, which would otherwise write crash.pt."""
+    return SystemExit(f"node_transformer: error: {error} "
+                      "(--node-on-budget error stops training; skip, fixed-step or defer go on)")
+
+
+class _OtherWorkerFailed(ODESolveError):
+    """This worker's batch was fine, another worker's solve failed on its batch."""
+
+
+def _world(model) -> Tuple[Optional[object], int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return None, 1
+    from fairseq.distributed import utils as dist_utils
+    group = dist_utils.get_data_parallel_group()
+    return group, dist_utils.get_data_parallel_world_size()
+
+
+class PeakMeter(meters.Meter):
+    """The largest value logged in the interval: a peak, not a mean of per-update peaks."""
+
+    def __init__(self):
+        self.peak = None
+
+    def update(self, value):
+        self.peak = value if self.peak is None else max(self.peak, value)
+
+    def reset(self):
+        self.peak = None
+
+    def state_dict(self):
+        return {"peak": self.peak}
+
+    def load_state_dict(self, state_dict):
+        self.peak = state_dict.get("peak")
+
+    @property
+    def smoothed_value(self):
+        return None if self.peak is None else round(self.peak)
+
+
+# fairseq restores the meters of a checkpoint by looking their class name up in its meters
+# module: without this line a checkpoint holding a PeakMeter could not be resumed.
+setattr(meters, PeakMeter.__name__, PeakMeter)
 
 
 @register_task("node_translation", dataclass=TranslationConfig)
@@ -135,92 +190,185 @@ class NODETranslationTask(TranslationTask):
         self._replay.extend(self._deferred)
         self._deferred = []
 
+    # -- logs with one shape -------------------------------------------------------------
+
+    def _log_keys(self, model, criterion, training: bool) -> Dict[str, float]:
+        """Every key a log of this model can hold, at zero: workers sum their logs key by key
+        (fairseq's fast stats sync), so a skipped batch's log must look like a live one's."""
+        keys = dict.fromkeys(("loss", "nll_loss", "ntokens", "nsentences", "sample_size", BATCHES), 0)
+        if getattr(criterion, "report_accuracy", False):
+            keys.update(n_correct=0, total=0)
+        for side, tag in SIDES:
+            if _blocks(getattr(model, side, None)):
+                keys[f"nfe_{tag}_fwd"] = 0
+                if training:
+                    keys[f"nfe_{tag}_bwd"] = 0
+        if training:
+            for name, flag in PENALTIES:
+                if _setting(model, flag) > 0:
+                    keys[f"rnode_{name}"] = 0.0
+        keys.update(dict.fromkeys(COUNTERS if training else VALID_COUNTERS, 0))
+        return keys
+
+    def _shaped(self, log: dict, model, criterion, training: bool) -> dict:
+        return {**self._log_keys(model, criterion, training), **log}
+
+    # -- one batch, collectively ---------------------------------------------------------
+
+    def _agree(self, error: Optional[BaseException], model) -> Optional[BaseException]:
+        """Whether any worker failed: every worker gets the same answer."""
+        group, world = _world(model)
+        if world == 1:
+            return error
+        device = next(model.parameters()).device
+        flag = torch.tensor([0.0 if error is None else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=group)
+        if flag.item() == 0:
+            return None
+        return error or _OtherWorkerFailed(f"a solve failed on {int(flag.item())} other worker(s)")
+
     def _attempt(self, sample, model, criterion, optimizer, update_num, ignore_grad):
+        """Forward and backward of one batch (fairseq's train_step, split in two so that the
+        workers can agree between them). Returns (output, None) or (None, error); a failed
+        batch leaves the gradients as they were before it."""
+        saved = _save_grads(model)
         reset_nfe(model)
-        loss, sample_size, log = super().train_step(
-            sample, model, PenalisedCriterion(criterion), optimizer, update_num, ignore_grad)
+        model.train()
+        model.set_num_updates(update_num)
+        error = None
+        try:
+            with torch.autograd.profiler.record_function("forward"):
+                with torch.autocast("cuda", enabled=isinstance(optimizer, AMPOptimizer)):
+                    loss, sample_size, log = PenalisedCriterion(criterion)(model, sample)
+        except SOLVER_ERRORS as e:
+            error = e
+        error = self._agree(error, model)
+        if error is not None:  # nobody runs a backward for this batch
+            return None, error
+        if ignore_grad:
+            loss *= 0
+        try:
+            with torch.autograd.profiler.record_function("backward"), \
+                    record_backward_overruns(model) as overruns:
+                optimizer.backward(loss)
+            error = overruns[0] if overruns else None
+        except SOLVER_ERRORS as e:
+            error = e
+        error = self._agree(error, model)
+        if error is not None:
+            _restore_grads(model, saved)
+            return None, error
         log.update(collect_nfe(model, backward=True))
-        return loss, sample_size, log
+        log[BATCHES] = 1
+        return (loss, sample_size, log), None
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         policy = _setting(model, "node_on_budget")
-        # Gradients of earlier batches of this update (--update-freq > 1) survive a failure.
-        saved = _save_grads(model) if self._live_batches else None
-        try:
-            out = self._attempt(sample, model, criterion, optimizer, update_num, ignore_grad)
-        except MaxNFEExceeded as e:
+        out, error = self._attempt(sample, model, criterion, optimizer, update_num, ignore_grad)
+        if error is not None:
             if policy == "error":
-                raise
+                raise _stop(error)
             failed_nfe = collect_nfe(model, backward=True)
-            _restore_grads(model, optimizer, saved)
             if policy == "fixed-step":
                 steps = _setting(model, "node_fallback_steps")
-                logger.warning("solving the batch again with rk4, %d steps: %s", steps, e)
+                logger.warning("solving the batch again with rk4, %d steps: %s", steps, error)
                 with fixed_step_solves(model, steps):
-                    out = self._attempt(sample, model, criterion, optimizer, update_num, ignore_grad)
+                    out, again = self._attempt(sample, model, criterion, optimizer, update_num, ignore_grad)
+                if again is not None:  # rk4 on a fixed grid failed too (non-finite state)
+                    raise again
                 out = _merge(out, (0, 0, {**failed_nfe, "node_fixed_step": 1}))
             else:
                 deferred = policy == "defer" and not ignore_grad
                 if deferred:
                     self._deferred.append(utils.move_to_cpu(sample))
                 counter = "node_deferred" if deferred else "node_skipped"
-                logger.warning("%s batch of %d sentences: %s", counter[5:], sample.get("nsentences", 0), e)
-                # A zero backward keeps distributed workers in step.
-                optimizer.backward(sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0)
-                return torch.zeros(()), 0, {**_empty_output(counter), **failed_nfe}
+                logger.warning("%s batch of %d sentences: %s", counter[5:], sample.get("nsentences", 0), error)
+                _sync_restored_grads(model)
+                log = {**failed_nfe, BATCHES: 1, counter: 1}
+                return torch.zeros(()), 0, self._shaped(log, model, criterion, True)
         self._live_batches += 1
-        if self._replay and not ignore_grad:
-            out = self._train_replayed(out, model, criterion, optimizer, update_num)
-        return out
+        if self._wants_replay(model) and not ignore_grad:
+            out = self._train_replayed(out, sample, model, criterion, optimizer, update_num)
+        return out[0], out[1], self._shaped(out[2], model, criterion, True)
 
-    def _train_replayed(self, out, model, criterion, optimizer, update_num):
-        """One deferred batch joins this step; over budget again, it is dropped for good."""
+    def _wants_replay(self, model) -> bool:
+        """Whether any worker has a deferred batch to train now (all must take part)."""
+        group, world = _world(model)
+        if world == 1:
+            return bool(self._replay)
+        flag = torch.tensor([float(bool(self._replay))], device=next(model.parameters()).device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        return flag.item() > 0
+
+    def _train_replayed(self, out, sample, model, criterion, optimizer, update_num):
+        """One deferred batch joins this step; over budget again, it is dropped for good.
+        A worker without one runs the live batch again with its gradient ignored, so that
+        every worker runs the same number of backwards."""
         device = next(model.parameters()).device
-        sample = utils.apply_to_sample(lambda t: t.to(device), self._replay.pop(0))
-        saved = _save_grads(model)
-        try:
-            again = self._attempt(sample, model, criterion, optimizer, update_num, False)
-        except MaxNFEExceeded as e:
-            _restore_grads(model, optimizer, saved)
-            logger.warning("dropping a deferred batch, over budget again: %s", e)
-            return _merge(out, (0, 0, {"node_skipped": 1}))
+        mine = bool(self._replay)
+        replay = utils.apply_to_sample(lambda t: t.to(device), self._replay.pop(0)) if mine else sample
+        again, error = self._attempt(replay, model, criterion, optimizer, update_num, not mine)
+        if error is not None:
+            logger.warning("dropping a deferred batch, over budget again: %s", error)
+            _sync_restored_grads(model)
+            return _merge(out, (0, 0, {"node_skipped": int(mine)}))
+        if not mine:
+            return out
         return _merge(out, (again[0], again[1], {**again[2], "node_replayed": 1}))
 
     def optimizer_step(self, optimizer, model, update_num):
         skip = self._live_batches == 0
         self._live_batches = 0
         if skip:
-            optimizer.zero_grad()  # only skipped batches in this update: no step
+            # Only skipped batches in this update: no step. The grad scaler of --amp has
+            # unscaled this update's (zero) gradients; it must be told the update is over.
+            scaler = getattr(optimizer, "scaler", None)
+            if isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled():
+                scaler.update()
+            optimizer.zero_grad()
             return
         super().optimizer_step(optimizer, model, update_num)
 
     def valid_step(self, sample, model, criterion):
         reset_nfe(model)
+        policy = _setting(model, "node_on_budget")
         try:
             loss, sample_size, log = super().valid_step(sample, model, criterion)
-        except MaxNFEExceeded as e:
-            policy = _setting(model, "node_on_budget")
+        except SOLVER_ERRORS as e:
             if policy == "error":
-                raise
+                raise _stop(e) from None
             if policy != "fixed-step":
-                return torch.zeros(()), 0, _empty_output("node_skipped")
+                log = {**collect_nfe(model, backward=False), BATCHES: 1, "node_skipped": 1}
+                return torch.zeros(()), 0, self._shaped(log, model, criterion, False)
             with fixed_step_solves(model, _setting(model, "node_fallback_steps")):
                 loss, sample_size, log = super().valid_step(sample, model, criterion)
             log["node_fixed_step"] = 1
         log.update(collect_nfe(model, backward=False))
-        return loss, sample_size, log
+        log[BATCHES] = 1
+        return loss, sample_size, self._shaped(log, model, criterion, False)
 
     def reduce_metrics(self, logging_outputs, criterion):
-        super().reduce_metrics(logging_outputs, criterion)
+        if sum(log.get("sample_size", 0) for log in logging_outputs) > 0:
+            super().reduce_metrics(logging_outputs, criterion)
+        else:
+            # Every batch was skipped: nothing to average. Weight 0 leaves the interval's
+            # mean to live updates; alone, inf keeps a skipped validation from ever
+            # counting as the best checkpoint.
+            for key in ("loss", "nll_loss"):
+                metrics.log_scalar(key, math.inf, 0, round=3)
+        batches = sum(log.get(BATCHES, 0) for log in logging_outputs)
         keys = sorted({k for log in logging_outputs for k in log
                        if k.startswith("nfe_") or k.startswith("rnode_")})
         for key in keys:
-            values = [log[key] for log in logging_outputs if key in log]
-            # Mean per training step (per solve of each side), over steps and workers.
-            metrics.log_scalar(key, sum(values) / len(values), len(values), round=3 if key.startswith("rnode") else 1)
+            total = sum(log.get(key, 0) for log in logging_outputs)
+            # Mean per batch (summed over a side's blocks), over batches and workers: fairseq
+            # may hand over the logs of all workers already summed into one.
+            if batches:
+                metrics.log_scalar(key, total / batches, batches,
+                                   round=3 if key.startswith("rnode") else 1)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            # Running peak; the runner takes its largest logged value.
-            metrics.log_scalar("cuda_peak_mb", torch.cuda.max_memory_allocated() / 2 ** 20, round=0)
+            # fairseq resets the peak after each update: the meter keeps the interval's max.
+            metrics.log_custom(PeakMeter, "cuda_peak_mb", torch.cuda.max_memory_allocated() / 2 ** 20)
         for key in COUNTERS:
             count = sum(log.get(key, 0) for log in logging_outputs)
             if count:
@@ -231,8 +379,27 @@ def _save_grads(model) -> Dict[torch.nn.Parameter, torch.Tensor]:
     return {p: p.grad.clone() for p in model.parameters() if p.grad is not None}
 
 
-def _restore_grads(model, optimizer, saved: Optional[dict]) -> None:
-    """Back to the gradients before the failed batch: a half-done backward is unusable."""
-    optimizer.zero_grad()
-    for p, g in (saved or {}).items():
-        p.grad = g
+def _restore_grads(model, saved: Dict[torch.nn.Parameter, torch.Tensor]) -> None:
+    """Back to the gradients before the failed batch: a half-done backward is unusable.
+
+    Only the model's gradients are touched: the optimizer's zero_grad would also forget,
+    in fairseq's FP16Optimizer, that earlier batches' gradients still need copying to fp32.
+    """
+    for p in model.parameters():
+        p.grad = saved.get(p)
+
+
+def _sync_restored_grads(model) -> None:
+    """With torch's DistributedDataParallel the last batch of an update all-reduces the
+    gradients in its backward. When that batch failed on some worker, its backward never
+    ran, or ran and was undone, so the update's gradients are averaged here instead.
+    (fairseq's legacy_ddp all-reduces after the update: nothing to do.)"""
+    group, world = _world(model)
+    if world == 1 or not getattr(model, "require_backward_grad_sync", False):
+        return
+    for p in model.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=group)
+            p.grad.div_(world)

@@ -9,7 +9,6 @@ from fairseq.optim.sgd import SGD
 
 from fairseq_helpers import batch, build, set_solver, write_dicts
 from node_transformer.ode_block import ODEBlock
-from odeint_ext import MaxNFEExceeded
 
 PAIRS = [("w1 w2 w3 w4", "w5 w6 w7"), ("w3 w2", "w8 w9 w10 w11 w4"), ("w7", "w1 w2")]
 OTHER = [("w9 w8", "w2 w3 w4 w5"), ("w6 w1 w2", "w7")]
@@ -41,7 +40,7 @@ def grads(model):
 
 def test_error_policy_raises(data_dir):
     task, model, opt, crit = setup(data_dir, "error", "--node-max-nfe", "2")
-    with pytest.raises(MaxNFEExceeded, match="max_nfe 2"):
+    with pytest.raises(SystemExit, match="node_transformer: error: .*NFE 3 > max_nfe 2"):
         task.train_step(batch(task, PAIRS), model, crit, opt, update_num=1)
 
 
@@ -59,7 +58,7 @@ def test_fixed_step_trains_the_batch_with_rk4(data_dir):
     opt.zero_grad()
     set_solver(model, method="rk4", steps=3, max_nfe=None)
     _, _, log = task.train_step(sample, model, crit, opt, update_num=1)
-    assert "node_fixed_step" not in log
+    assert log["node_fixed_step"] == 0
     direct = grads(model)
     assert fallback.keys() == direct.keys()
     for n in direct:
@@ -83,7 +82,7 @@ def test_defer_trains_the_batch_in_the_next_epoch(data_dir):
     # Still in the same epoch: nothing is replayed yet.
     set_solver(model, max_nfe=None)
     _, sample_size, log = task.train_step(easy, model, crit, opt, update_num=2)
-    assert "node_replayed" not in log and sample_size == easy["ntokens"]
+    assert log["node_replayed"] == 0 and sample_size == easy["ntokens"]
     opt.zero_grad()
     task.begin_epoch(2, model)
     _, sample_size, log = task.train_step(easy, model, crit, opt, update_num=3)
@@ -93,7 +92,7 @@ def test_defer_trains_the_batch_in_the_next_epoch(data_dir):
     # Replayed once: the next step trains on its own batch only.
     opt.zero_grad()
     _, sample_size, log = task.train_step(easy, model, crit, opt, update_num=4)
-    assert "node_replayed" not in log and sample_size == easy["ntokens"]
+    assert log["node_replayed"] == 0 and sample_size == easy["ntokens"]
 
 
 def test_deferred_batch_over_budget_again_is_dropped(data_dir, monkeypatch):
@@ -105,28 +104,27 @@ def test_deferred_batch_over_budget_again_is_dropped(data_dir, monkeypatch):
     set_solver(model, max_nfe=None)
     _, _, log = task.train_step(easy, model, crit, opt, update_num=2)
     assert log["node_replayed"] == 1
-    # Deferred once more, and over budget again when replayed: easy's gradients alone
-    # remain (the replay's half-done backward is undone) and the batch is gone.
+    # Deferred once more, and over budget again when replayed (in its backward): easy's
+    # gradients alone remain (the replay's backward is undone) and the batch is gone.
+    budget = backward_budget(task, model, crit, opt, hard)
+    opt.zero_grad()
     task._replay.append(hard)
+    task._live_batches = 0
     real = task._attempt
-    calls = []
 
-    def attempt(sample, *args):
-        calls.append(sample)
-        if len(calls) == 2:
-            real(sample, *args)  # half a backward's worth of gradients, then the failure
-            raise MaxNFEExceeded(3, 0.5, 2, "backward")
+    def attempt(sample, *args):  # the budget applies to the replayed batch only
+        is_hard = torch.equal(sample["net_input"]["src_tokens"], hard["net_input"]["src_tokens"])
+        set_solver(model, max_nfe=budget if is_hard else None)
         return real(sample, *args)
 
-    opt.zero_grad()
-    task._live_batches = 0
     monkeypatch.setattr(task, "_attempt", attempt)
     _, sample_size, log = task.train_step(easy, model, crit, opt, update_num=3)
-    assert log["node_skipped"] == 1 and "node_replayed" not in log
+    monkeypatch.setattr(task, "_attempt", real)
+    set_solver(model, max_nfe=None)
+    assert log["node_skipped"] == 1 and log["node_replayed"] == 0
     assert sample_size == easy["ntokens"] and not task._replay
     got = grads(model)
     opt.zero_grad()
-    monkeypatch.setattr(task, "_attempt", real)
     task._live_batches = 0
     task.train_step(easy, model, crit, opt, update_num=3)
     only_easy = grads(model)
@@ -134,20 +132,30 @@ def test_deferred_batch_over_budget_again_is_dropped(data_dir, monkeypatch):
         assert torch.equal(got[n], only_easy[n]), n
 
 
-def test_budget_failure_keeps_earlier_gradients_of_the_update(data_dir, monkeypatch):
-    # --update-freq 2: the first batch's gradients must survive the second batch's failure,
-    # and the gradients its backward wrote before failing must be gone.
+def backward_budget(task, model, crit, opt, sample):
+    """The largest forward NFE of the sample's solves: as a budget, the forward passes and
+    (the adjoint needing more evaluations) the backward runs over it."""
+    saved = [b.solver for b in model.modules() if isinstance(b, ODEBlock)]
+    set_solver(model, max_nfe=None)
+    _, _, log = task.train_step(sample, model, crit, opt, update_num=1)
+    for b, s in zip((b for b in model.modules() if isinstance(b, ODEBlock)), saved):
+        b.solver = s
+    fwd = max(log["nfe_enc_fwd"], log["nfe_dec_fwd"])
+    assert max(log["nfe_enc_bwd"], log["nfe_dec_bwd"]) > fwd, "premise: the backward needs more"
+    return fwd
+
+
+def test_budget_failure_keeps_earlier_gradients_of_the_update(data_dir):
+    # --update-freq 2: the first batch's gradients must survive the second batch's failure
+    # in its backward, and the gradients that backward wrote must be gone.
     task, model, opt, crit = setup(data_dir, "skip")
     first, second = batch(task, OTHER), batch(task, PAIRS)
+    budget = backward_budget(task, model, crit, opt, second)
+    opt.zero_grad()
+    task._live_batches = 0
     task.train_step(first, model, crit, opt, update_num=1)
     expected = grads(model)
-    real = task._attempt
-
-    def backward_fails_late(*args):
-        real(*args)
-        raise MaxNFEExceeded(21, 0.3, 20, "backward")
-
-    monkeypatch.setattr(task, "_attempt", backward_fails_late)
+    set_solver(model, max_nfe=budget)
     _, sample_size, log = task.train_step(second, model, crit, opt, update_num=1)
     assert log["node_skipped"] == 1 and sample_size == 0
     got = grads(model)

@@ -1,0 +1,241 @@
+"""Training as users run it, one step off the happy path: budgets that fire inside
+fairseq-train (training and validation, --update-freq 2), two workers, padding, reduced
+precision, and fairseq-generate without --task."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fairseq_helpers import BIN, ROOT, USER_DIR, batch, build, cli, write_dicts
+from node_transformer.ode_block import ODEBlock
+from test_cli import MODEL, N_TEST, data_bin, log_records  # noqa: F401  (data_bin: fixture)
+
+ENV = {"OMP_NUM_THREADS": "1"}
+NODE = ["--node-encoder", "--node-decoder"]
+
+
+def train_args(data, save_dir, *flags, epochs=1):
+    return [data, "--user-dir", USER_DIR, "--task", "node_translation",
+            "--arch", "node_transformer", *MODEL, "--dropout", "0.0", *flags,
+            "--optimizer", "adam", "--lr", "5e-3", "--lr-scheduler", "inverse_sqrt",
+            "--warmup-updates", "10", "--warmup-init-lr", "1e-4",
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+            "--max-tokens", "400", "--max-epoch", str(epochs), "--save-dir", save_dir,
+            "--no-epoch-checkpoints", "--log-format", "json", "--log-interval", "1",
+            "--num-workers", "0", "--seed", "1"]
+
+
+def total(records, key):
+    return sum(float(r.get(key, 0)) for r in records)
+
+
+# Budgets on the toy task with 16-dim models at init: dopri5 takes 20 encoder / 14 decoder
+# forward evaluations, more in the adjoint backward. 18 fires in every forward (training and
+# validation); 26 lets forwards pass and fires in the backward of some batches.
+@pytest.mark.parametrize("policy, budget, epochs, fired", [
+    ("skip", "18", 1, "node_skipped"),
+    ("skip", "26", 1, "node_skipped"),
+    ("fixed-step", "18", 1, "node_fixed_step"),
+    ("defer", "26", 2, "node_deferred"),
+])
+def test_budget_policies_through_fairseq_train(data_bin, tmp_path, policy, budget, epochs, fired):
+    data, _ = data_bin
+    proc = cli("fairseq-train", *train_args(data, str(tmp_path / "ckpt"), *NODE,
+                                            "--node-max-nfe", budget, "--node-on-budget", policy,
+                                            "--update-freq", "2", epochs=epochs), env=ENV)
+    inner, valid = log_records(proc, "train_inner"), log_records(proc, "valid")
+    assert len(log_records(proc, "train")) == epochs and len(valid) == epochs
+    assert total(inner, fired) > 0, f"the budget never fired ({fired})"
+    assert os.path.exists(tmp_path / "ckpt" / "checkpoint_last.pt")
+    if budget == "18":  # every forward fires, validation included
+        key = "valid_node_fixed_step" if policy == "fixed-step" else "valid_node_skipped"
+        assert float(valid[0][key]) > 0
+    if policy == "fixed-step":  # every batch trained, by the fallback
+        assert all(float(r["loss"]) < 20 for r in inner)
+        assert float(valid[0]["valid_loss"]) < 20
+    if policy == "defer":  # deferred batches come back in epoch 2
+        assert total(inner, "node_replayed") + total(inner, "node_skipped") > 0
+
+
+def test_error_policy_stops_with_one_line(data_bin, tmp_path):
+    data, _ = data_bin
+    proc = cli("fairseq-train", *train_args(data, str(tmp_path / "ckpt"), *NODE,
+                                            "--node-max-nfe", "18", "--node-on-budget", "error"),
+               env=ENV, check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"node_transformer: error: ODE forward solve exceeded its budget: "
+                        r"NFE 19 > max_nfe 18 .*", last), last
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "ckpt" / "crash.pt")
+
+
+def test_plain_fairseq_generate_translates_every_sentence(data_bin, tmp_path):
+    # fairseq's own translation task (no --task), only --user-dir: nothing may be dropped.
+    data, _ = data_bin
+    save = str(tmp_path / "ckpt")
+    cli("fairseq-train", *train_args(data, save, "--node-decoder", "--node-method", "rk4",
+                                     "--node-steps", "1", "--max-update", "2"), env=ENV)
+    proc = cli("fairseq-generate", data, "--user-dir", USER_DIR, "--path",
+               os.path.join(save, "checkpoint_last.pt"), "--batch-size", "8", "--beam", "2",
+               "--max-len-b", "8", env=ENV)
+    hyps = [line for line in proc.stdout.splitlines() if line.startswith("H-")]
+    assert len(hyps) == N_TEST
+
+
+# -- two workers ----------------------------------------------------------------------------
+
+DUMP = """
+import sys, torch
+from fairseq_cli.train import cli_main  # first: it sets up fairseq's log format
+from fairseq import trainer as T
+seen = []
+init = T.Trainer.__init__
+def capture(self, *a, **k):
+    init(self, *a, **k)
+    seen.append(self)
+T.Trainer.__init__ = capture
+out = sys.argv.pop(1)
+try:
+    cli_main()
+finally:
+    if seen:
+        torch.save({n: p.detach().clone() for n, p in seen[0].model.named_parameters()}, out)
+"""
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(tmp_path, argv_of_rank, world=2):
+    """fairseq-train with one CPU process per rank (gloo, legacy_ddp); returns the final
+    parameters of each rank and rank 0's output."""
+    script = tmp_path / "dump.py"
+    script.write_text(DUMP)
+    port = _free_port()
+    procs = []
+    for rank in range(world):
+        argv = [sys.executable, str(script), str(tmp_path / f"params{rank}.pt"), *argv_of_rank(rank),
+                "--cpu", "--distributed-world-size", str(world), "--distributed-rank", str(rank),
+                "--distributed-no-spawn", "--distributed-backend", "gloo",
+                "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--ddp-backend", "legacy_ddp"]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=dict(os.environ, **ENV), stdin=subprocess.DEVNULL))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    params = [torch.load(tmp_path / f"params{r}.pt") for r in range(world)]
+    return params, subprocess.CompletedProcess([], 0, *outs[0])
+
+
+def test_two_workers_match_one_worker_and_nfe_is_not_doubled(data_bin, tmp_path):
+    # Two workers see the batches one worker with --update-freq 2 sees in each update.
+    data, _ = data_bin
+    flags = [*NODE, "--node-method", "bosh3"]
+    (p0, p1), two = run_workers(tmp_path, lambda rank: train_args(data, str(tmp_path / f"c{rank}"), *flags))
+    one = cli("fairseq-train", *train_args(data, str(tmp_path / "one"), *flags, "--update-freq", "2"), env=ENV)
+    for n in p0:
+        assert torch.equal(p0[n], p1[n]), n
+    a, b = log_records(two, "train")[0], log_records(one, "train")[0]
+    for key in ("train_nfe_enc_fwd", "train_nfe_dec_fwd", "train_nfe_enc_bwd", "train_nfe_dec_bwd"):
+        assert float(a[key]) == pytest.approx(float(b[key]), rel=0.05), key
+    assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3)
+
+
+def test_budget_firing_on_one_worker_only_keeps_workers_identical(data_bin, tmp_path):
+    data, _ = data_bin
+
+    def argv(rank):  # rank 1 alone has a budget, which fires in forwards and backwards
+        budget = ["--node-max-nfe", "26"] if rank == 1 else []
+        return train_args(data, str(tmp_path / f"c{rank}"), *NODE, *budget, "--update-freq", "2",
+                          "--node-on-budget", "fixed-step", epochs=1)
+
+    (p0, p1), proc = run_workers(tmp_path, argv)
+    for n in p0:
+        assert torch.equal(p0[n], p1[n]), n
+    assert total(log_records(proc, "train_inner"), "node_fixed_step") > 0
+
+
+# -- padding --------------------------------------------------------------------------------
+
+def _pad_left(tokens, n, pad):
+    return torch.cat([tokens.new_full((tokens.shape[0], n), pad), tokens], dim=1)
+
+
+@pytest.mark.parametrize("dynamics", ["study", "prenorm"])
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_padding_changes_neither_steps_nor_outputs(tmp_path, dynamics, method):
+    data_dir = write_dicts(str(tmp_path))
+    extra = ["--node-output-init", "xavier"] if dynamics == "prenorm" else []
+    steps = ["--node-steps", "2"] if method == "rk4" else ["--node-rtol", "1e-3", "--node-atol", "1e-3"]
+    task, model, _ = build(data_dir, *NODE, "--node-dynamics", dynamics, *extra,
+                           "--node-method", method, *steps, "--dropout", "0.0")
+    model.eval()
+    pad = task.source_dictionary.pad()
+    alone = batch(task, [("w1 w2 w3 w4", "w5 w6 w7")])["net_input"]
+    src, prev = alone["src_tokens"], alone["prev_output_tokens"]
+    padded = dict(src_tokens=_pad_left(src, 6, pad), src_lengths=alone["src_lengths"],
+                  prev_output_tokens=torch.cat([prev, prev.new_full((1, 5), pad)], dim=1))
+    runs = []
+    for net_input in (alone, padded):
+        with torch.no_grad():
+            enc = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
+            out, _ = model.decoder(net_input["prev_output_tokens"], encoder_out=enc)
+        blocks = [b for b in model.modules() if isinstance(b, ODEBlock)]
+        runs.append((enc["encoder_out"][0], out, [b.solves[-1].nfe_forward for b in blocks]))
+    (enc_a, out_a, nfe_a), (enc_p, out_p, nfe_p) = runs
+    assert nfe_a == nfe_p
+    torch.testing.assert_close(enc_p[6:], enc_a, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out_p[:, :prev.shape[1]], out_a, rtol=0, atol=1e-5)
+    # the pad positions themselves never moved
+    assert torch.count_nonzero(enc_p[:6]) == 0
+
+
+# -- reduced precision ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_solve_and_train(tmp_path, dtype):
+    # torchdiffeq keeps the error norm in the state's dtype: an fp16 state overflowed in its
+    # first-step guess ("underflow in dt"). The solver's state is float32 whatever the model's.
+    data_dir = write_dicts(str(tmp_path))
+    torch.manual_seed(0)
+    task, model, _ = build(data_dir, *NODE, "--dropout", "0.0", dtype=torch.float32)
+    sample = batch(task, [("w1 w2 w3 w4", "w5 w6 w7"), ("w3 w2", "w8 w9 w10 w11 w4")])
+    model.train()
+
+    def step(m):
+        m.zero_grad()
+        out, _ = m(**sample["net_input"])
+        out.float().logsumexp(-1).sum().backward()
+        blocks = [b for b in m.modules() if isinstance(b, ODEBlock)]
+        return out.float(), [(b.solves[-1].nfe_forward, b.solves[-1].nfe_backward) for b in blocks]
+
+    ref_out, ref_nfe = step(model)
+    half = model.to(dtype)
+    out, nfe = step(half)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in half.parameters() if p.grad is not None)
+    # no precision floor: about as many evaluations as in float32
+    for (f, b), (rf, rb) in zip(nfe, ref_nfe):
+        assert f <= 2 * rf and b <= 2 * rb, (nfe, ref_nfe)
+    torch.testing.assert_close(out, ref_out, rtol=0.05, atol=0.1)
+
+
+def test_batch_by_size_keeps_the_last_batch():
+    import numpy as np
+    from fairseq.data import data_utils
+
+    import node_transformer  # noqa: F401  (wraps batch_by_size)
+    indices = np.arange(23, dtype=np.int64)
+    batches = data_utils.batch_by_size(indices, num_tokens_fn=lambda i: 5, max_sentences=8,
+                                       required_batch_size_multiple=8)
+    assert [len(b) for b in batches] == [8, 8, 7]
+    assert np.array_equal(np.concatenate(batches), indices)
