@@ -562,12 +562,13 @@ def test_method_tables_match_torchdiffeq():
     "kwargs, pattern",
     [
         (dict(method="rk45"), r"unknown ODE method 'rk45'"),
-        (dict(rtol=0.0), r"rtol.*must be > 0.*rtol=0\.0"),
-        (dict(rtol=-1e-6), r"rtol.*must be > 0.*rtol=-1e-06"),
-        (dict(atol=0.0), r"atol.*must be > 0.*atol=0\.0"),
+        (dict(rtol=0.0, atol=0.0), r"rtol and atol must be >= 0 and not both 0.*rtol=0\.0, atol=0\.0"),
+        (dict(rtol=-1e-6), r"rtol and atol must be >= 0.*rtol=-1e-06"),
+        (dict(atol=-1.0), r"rtol and atol must be >= 0.*atol=-1\.0"),
+        (dict(atol=(1e-6, -1e-6)), r"rtol and atol must be >= 0"),
         (dict(max_nfe=0), r"max_nfe must be >= 1"),
     ],
-    ids=["unknown-method", "rtol-zero", "rtol-negative", "atol-zero", "max-nfe-zero"],
+    ids=["unknown-method", "both-zero", "rtol-negative", "atol-negative", "atol-tuple-negative", "max-nfe-zero"],
 )
 @SOLVE_FNS
 def test_invalid_arguments_raise_value_error(kwargs, pattern, solve):
