@@ -691,8 +691,8 @@ def test_inputs_keep_their_containers_and_tensors_reach_func_as_values():
 
 
 class AutocastProbe(nn.Module):
-    """dy/dt = -y * (W @ x): W @ x runs in bf16 under CPU autocast. W's entry 1.0039 is not a
-    bf16 number (neighbours 1.0 and 1.0078), so the two regimes integrate different rates."""
+    """dy/dt = -y * (W @ x): W @ x runs in bf16 under autocast. W's entry 1.0039 is not a bf16
+    number (neighbours 1.0 and 1.0078), so the two regimes integrate different rates."""
 
     def __init__(self):
         super().__init__()
@@ -701,26 +701,26 @@ class AutocastProbe(nn.Module):
 
     def forward(self, t, y, *, x):
         rate = self.W @ x
-        self.seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), rate.dtype))
+        device = y.device.type
+        self.seen.append((torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), rate.dtype))
         return -y * rate
 
 
-def _autocast_solve(solve, autocast_forward, autocast_backward):
-    func = AutocastProbe()
-    x = torch.ones(2, requires_grad=True)
-    y0 = torch.tensor([1.0, 2.0], requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_forward):
+def _autocast_solve(solve, autocast_forward, autocast_backward, device="cpu"):
+    func = AutocastProbe().to(device)
+    x = torch.ones(2, device=device, requires_grad=True)
+    y0 = torch.tensor([1.0, 2.0], device=device, requires_grad=True)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast_forward):
         sol = solve(func, y0, [0.0, 1.0], inputs={"x": x}, method="rk4", options=dict(step_size=0.05))
     n_forward = len(func.seen)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_backward):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast_backward):
         sol[-1].sum().backward()
     return func.seen[:n_forward], func.seen[n_forward:], y0.grad
 
 
-@pytest.mark.parametrize("autocast_forward, autocast_backward", [(True, False), (False, True)],
-                         ids=["bf16-forward", "fp32-forward"])
-def test_adjoint_backward_reenters_the_forward_autocast_state(autocast_forward, autocast_backward):
-    forward, backward, grad = _autocast_solve(odeint_adjoint_ext, autocast_forward, autocast_backward)
+def check_autocast_regime(autocast_forward, device):
+    forward, backward, grad = _autocast_solve(odeint_adjoint_ext, autocast_forward,
+                                              not autocast_forward, device)
     regime = (True, torch.bfloat16, torch.bfloat16) if autocast_forward else (False,)
     assert forward and backward
     for rec in forward + backward:
@@ -728,11 +728,17 @@ def test_adjoint_backward_reenters_the_forward_autocast_state(autocast_forward, 
         if not autocast_forward:
             assert rec[2] == torch.float32
     # Same dynamics as direct backprop through the same solve: the gradients agree to the
-    # solver's accuracy (rk4, h=0.05), far below the ~0.4% the rates differ by across regimes.
-    _, _, direct = _autocast_solve(odeint_direct, autocast_forward, autocast_backward)
+    # solver's accuracy (rk4, h=0.05), far below the ~0.3% the regimes' gradients differ by.
+    _, _, direct = _autocast_solve(odeint_direct, autocast_forward, not autocast_forward, device)
     assert rel_err(grad, direct) < 1e-5, rel_err(grad, direct)
-    _, _, other = _autocast_solve(odeint_direct, not autocast_forward, autocast_backward)
+    _, _, other = _autocast_solve(odeint_direct, not autocast_forward, autocast_forward, device)
     assert rel_err(other, direct) > 1e-3  # the check above can tell the regimes apart
+
+
+@pytest.mark.parametrize("autocast_forward", [True, False], ids=["bf16-forward", "fp32-forward"])
+def test_adjoint_backward_reenters_the_forward_autocast_state(autocast_forward):
+    """Forward under bf16 autocast, backward outside it; or the reverse."""
+    check_autocast_regime(autocast_forward, "cpu")
 
 
 def test_max_nfe_exceeded_pickles():
@@ -763,6 +769,32 @@ def test_cuda_attention_adjoint_and_nfe():
     (sol * weights).sum().backward()
     assert stats.nfe_backward == counted.calls - n_forward > 0
     assert enc.grad.is_cuda and torch.all(enc.grad[1, -2:] == 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("autocast_forward", [True, False], ids=["bf16-forward", "fp32-forward"])
+def test_cuda_autocast_state_in_the_backward(autocast_forward):
+    # CUDA backward nodes run on autograd's device thread: the state must travel with the solve.
+    check_autocast_regime(autocast_forward, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backward_errors_keep_their_types():
+    y0 = torch.ones(2, dtype=F64, device="cuda", requires_grad=True)
+    sol = odeint_adjoint_ext(where_sqrt, y0, [0.0, 1.0], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ODESolveError, match="adjoint backward solve"):
+        sol[-1].sum().backward()
+    torch.manual_seed(0)  # forward ~20 NFE, backward > 200 (measured on CPU for seeds 0-2)
+    func = _SeqDyn(nn.Sequential(nn.Linear(3, 3), nn.Tanh())).to("cuda", F64)
+    y0 = torch.randn(3, dtype=F64, device="cuda", requires_grad=True)
+    stats = SolveStats()
+    sol = odeint_adjoint_ext(func, y0, [0.0, 2.0], rtol=1e-3, atol=1e-3, adjoint_rtol=1e-11,
+                             adjoint_atol=1e-11, stats=stats, max_nfe=60)
+    with pytest.raises(MaxNFEExceeded) as info:
+        sol[-1].sum().backward()
+    assert info.value.phase == "backward" and stats.nfe_backward == 61
 
 
 def test_each_backward_pass_has_its_own_budget():
