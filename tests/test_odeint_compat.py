@@ -122,7 +122,7 @@ def test_callbacks_same_sequence_and_arguments_as_torchdiffeq(ref, ext, tuple_st
     t = torch.tensor([0.0, 0.7, 1.5], dtype=F64)
     if reverse:
         t = t.flip(0)
-    kw = dict(rtol=1e-6, atol=1e-8, method="dopri5", options=dict(first_step=0.5))
+    kw = dict(rtol=1e-4, atol=1e-6, method="dopri5", options=dict(first_step=0.5))
     sol_r, grads_r, calls_r = _run(ref, func, y0, t, **kw)
     sol_e, grads_e, calls_e = _run(ext, func, _fresh(y0), t, **kw)
 
@@ -319,12 +319,12 @@ def test_adjoint_params_added_without_double_counting():
     y0 = _problem(False)
     t = torch.tensor([0.0, 1.0], dtype=F64)
     leaves = [y0, func.W, func.b, c]
-    kw = dict(rtol=1e-10, atol=1e-10)
+    kw = dict(rtol=1e-6, atol=1e-8)
     direct = torch.autograd.grad(_loss(odeint_ext(shifted, y0, t, **kw)), leaves)
     # The parameters listed again (and twice) next to the closure tensor: each counted once.
     twice = [func.W, func.W, func.b, c, c]
     adj = torch.autograd.grad(_loss(odeint_adjoint_ext(shifted, y0, t, adjoint_params=twice, **kw)), leaves)
-    assert close(adj, direct, 1e-6)
+    assert close(adj, direct, 1e-4)  # counted twice, W's and c's gradients would be off by 100%
     ref = torchdiffeq.odeint_adjoint(shifted, y0, t, adjoint_params=[func.W, func.b, c], **kw)
     assert close(adj, torch.autograd.grad(_loss(ref), leaves), TOL)
 
@@ -339,7 +339,7 @@ def test_adjoint_param_computed_from_another_is_refused():
         odeint_adjoint_ext(f, y0, [0.0, 1.0], adjoint_params=list(func.parameters()) + [c])
     # Computed from a tensor that is not an adjoint parameter: fine, and exact.
     x = torch.tensor([0.3, 0.4], dtype=F64, requires_grad=True)
-    kw = dict(rtol=1e-10, atol=1e-10)
+    kw = dict(rtol=1e-7, atol=1e-9)
     grads = []
     for adjoint in (True, False):
         c2 = x * 2
@@ -350,13 +350,14 @@ def test_adjoint_param_computed_from_another_is_refused():
         else:
             sol = odeint_ext(f2, y0, [0.0, 1.0], **kw)
         grads.append(torch.autograd.grad(_loss(sol), [x]))
-    assert close(grads[0], grads[1], 1e-6) and grads[0][0].abs().sum() > 0
+    assert close(grads[0], grads[1], 1e-4) and grads[0][0].abs().sum() > 0
 
 
 def test_time_gradient_like_torchdiffeq():
     func = Forced()
     y0 = _problem(False)
     t = torch.tensor([0.0, 0.4, 1.0], dtype=F64, requires_grad=True)
-    g_r = torch.autograd.grad(_loss(torchdiffeq.odeint_adjoint(func, y0, t)), [y0, t])
-    g_e = torch.autograd.grad(_loss(odeint_adjoint_ext(func, y0, t)), [y0, t])
+    kw = dict(rtol=1e-5, atol=1e-7)
+    g_r = torch.autograd.grad(_loss(torchdiffeq.odeint_adjoint(func, y0, t, **kw)), [y0, t])
+    g_e = torch.autograd.grad(_loss(odeint_adjoint_ext(func, y0, t, **kw)), [y0, t])
     assert close(g_e, g_r) and g_e[1].abs().sum() > 0
