@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint as _odeint
 from torchdiffeq import odeint_adjoint as _odeint_adjoint
+from torchdiffeq import odeint_event as _odeint_event
 
 from .errors import MaxNFEExceeded, NonFiniteStateError, ODESolveError
 from .methods import is_adaptive
@@ -380,3 +381,38 @@ def odeint_adjoint_ext(
         event_t, parts = None, flat
     solution = tuple(parts) if is_tuple else parts[0]
     return solution if event_t is None else (event_t, solution)
+
+
+def odeint_event_ext(
+    func: Callable,
+    y0: State,
+    t0: Tensor,
+    *,
+    event_fn: Callable,
+    inputs: Optional[Dict[str, Any]] = None,
+    reverse_time: bool = False,
+    odeint_interface: Callable = odeint_ext,
+    **kwargs,
+):
+    """torchdiffeq's ``odeint_event`` with extra inputs: returns ``(event_t, solution)`` with
+    the event time differentiable (implicit function theorem) with respect to ``y0``, ``func``'s
+    parameters and the inputs. ``odeint_interface``: :func:`odeint_ext` or
+    :func:`odeint_adjoint_ext`; ``kwargs`` go to it (tolerances, ``max_nfe``, ``stats`` ...).
+    The one evaluation of ``func`` that torchdiffeq's backward makes at the event counts in
+    ``nfe_backward``.
+    """
+    inputs = dict(inputs or {})
+    solved: List[SolveStats] = []
+
+    def at_event(t, y):  # torchdiffeq evaluates this once, in the backward
+        if solved:
+            solved[0].nfe_backward += 1
+        return func(t, y, **inputs)
+
+    def interface(_, y0_, t_, **kw):
+        out = odeint_interface(func, y0_, t_, inputs=inputs, **kw)
+        solved.append(last_stats())
+        return out
+
+    return _odeint_event(at_event, y0, t0, event_fn=event_fn, reverse_time=reverse_time,
+                         odeint_interface=interface, **kwargs)
