@@ -12,11 +12,13 @@ a vector-Jacobian product to tensors it does not own.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torchdiffeq
 from torch import Tensor, nn
 from torchdiffeq import odeint as _odeint
 from torchdiffeq import odeint_adjoint as _odeint_adjoint
@@ -34,6 +36,15 @@ CALLBACK_NAMES = tuple(
     for name in ("callback_step", "callback_accept_step", "callback_reject_step")
 )
 _AUTOCAST_DEVICES = ("cpu", "cuda")
+_TORCHDIFFEQ_DIR = os.path.dirname(os.path.abspath(torchdiffeq.__file__)) + os.sep
+
+
+def _raised_by_torchdiffeq(e: BaseException) -> bool:
+    """Whether the innermost frame of e's traceback is torchdiffeq's (its guards), not func's."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_TORCHDIFFEQ_DIR)
 
 
 @dataclass
@@ -153,6 +164,8 @@ class _NestedAdjoint(torch.autograd.Function):
                     retain_graph=True, allow_unused=True,
                 )
             except AssertionError as e:  # torchdiffeq's guards, now in the backward solve
+                if not _raised_by_torchdiffeq(e):
+                    raise
                 raise ODESolveError(f"torchdiffeq stopped the adjoint backward solve: {e}") from e
             for i, g in zip(wanted, found):
                 result[i] = g
@@ -260,6 +273,8 @@ def _solve(solver: Callable, *args, event: bool = False, **kwargs):
     try:
         out = solver(*args, **kwargs)
     except AssertionError as e:  # torchdiffeq's guards ("underflow in dt", "max_num_steps exceeded", ...)
+        if not _raised_by_torchdiffeq(e):
+            raise  # func's own assert
         raise ODESolveError(f"torchdiffeq stopped the solve: {e}") from e
     _check_finite(out[1] if event else out)
     return out

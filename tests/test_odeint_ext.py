@@ -622,6 +622,34 @@ def test_backward_max_num_steps_raises_odesolveerror():
     assert y0.grad is None
 
 
+class AssertingDynamics(nn.Module):
+    """func's own assert, failing in one phase: torchdiffeq's adjoint solves the forward without
+    grad and evaluates the backward with it."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(-0.5, dtype=F64))
+        self.fail_in = None
+
+    def forward(self, t, y):
+        phase = "backward" if torch.is_grad_enabled() else "forward"
+        assert phase != self.fail_in, f"func's own check ({phase})"
+        return self.k * y
+
+
+@pytest.mark.parametrize("phase", ["forward", "backward"])
+def test_funcs_own_assertion_is_not_called_a_solver_failure(phase):
+    func = AssertingDynamics()
+    y0 = torch.ones(2, dtype=F64, requires_grad=True)
+    sol = odeint_adjoint_ext(func, y0, [0.0, 1.0])
+    func.fail_in = phase
+    with pytest.raises(AssertionError, match=f"func's own check \\({phase}\\)"):
+        if phase == "forward":
+            odeint_adjoint_ext(func, y0, [0.0, 1.0])
+        else:
+            sol[-1].sum().backward()
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs computed from other adjoint parameters (issue #10 a)
 # --------------------------------------------------------------------------------------------
