@@ -1,5 +1,7 @@
-"""Tests for odeint_ext: extra inputs to the dynamics, adjoint vs. direct gradients, NFE stats,
-evaluation budgets, error types and the method tables.
+"""Tests for odeint_ext: extra inputs to the dynamics, adjoint vs. direct gradients (also for
+inputs computed from other adjoint parameters), NFE stats, evaluation budgets, error types (also
+in the adjoint backward), autocast in the backward and the method tables. Compatibility with
+torchdiffeq's own API: tests/test_odeint_compat.py.
 
 Everything runs on CPU with tiny tensors; the one CUDA test is marked ``gpu`` and skipped when
 no CUDA device is available.
@@ -839,3 +841,13 @@ def test_each_backward_pass_has_its_own_budget():
     first = y0.grad.clone()
     sol[-1].sum().backward()  # a second pass within the same per-pass budget
     torch.testing.assert_close(y0.grad, 2 * first)
+
+
+def test_backward_frees_the_adjoint_graph_like_torchdiffeq():
+    """The nested adjoint graph is released by a backward without retain_graph: a second one
+    fails as with any freed graph (and as with torchdiffeq's own odeint_adjoint)."""
+    y0 = torch.ones(2, dtype=F64, requires_grad=True)
+    sol = odeint_adjoint_ext(lambda t, y: -y, y0, [0.0, 1.0], rtol=1e-6, atol=1e-6)
+    sol[-1].sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        sol[-1].sum().backward()
