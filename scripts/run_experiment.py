@@ -10,7 +10,10 @@ The command is `python -m fairseq_cli.train` of this interpreter with the config
 then its "scales"[SCALE] flags, then the run's bookkeeping flags, then --extra (later flags
 win in fairseq's parser). Everything goes to OUT/NAME-SCALE (OUT/NAME-SCALE-smoke with
 --smoke): checkpoints/ (checkpoint_best.pt, checkpoint_last.pt), tb/ (tensorboard),
-train.log (fairseq's output, also echoed), epochs.csv (one row per epoch) and summary.json.
+train.log (fairseq's output, also echoed), epochs.csv (one row per epoch), run.json (config,
+scale, smoke: --resume refuses a run dir made for another) and summary.json. epochs.csv's
+wall_seconds is cumulative training time: a resumed process continues the clock of the
+checkpoint it loaded. The last line on stderr names the next command (evaluate, or resume).
 
 Budget: fairseq's --stop-time-hours, set from --budget-minutes or the config's
 "budget_minutes"[SCALE] (null: no budget). fairseq checks it after every update against the
@@ -18,7 +21,9 @@ trainer's cumulative training time (counted from the trainer's construction, so 
 start-up is not included, and carried over in checkpoints on --resume); when it is exceeded
 it validates, saves checkpoint_last.pt and (if the loss improved) checkpoint_best.pt,
 prints the partial epoch's train line and exits normally. One update or the final
-validation can still overrun: a watchdog interrupts fairseq at 1.25 x budget + 3 minutes.
+validation can still overrun: a watchdog interrupts fairseq at 1.25 x budget + 3 minutes
+(SIGINT, even when the runner itself was started with SIGINT ignored, as `nohup ... &` does;
+then SIGTERM, then SIGKILL).
 
 --smoke: a short check of the whole pipeline (tiny model dims, --max-tokens 1024,
 at most 3 epochs, 1-minute budget unless --budget-minutes is given).
@@ -72,6 +77,8 @@ EPOCH_COLUMNS = (
 )
 
 LOG_LINE = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+SEGMENT_MARK = f"# {PROG}: "  # run_fairseq writes it to train.log at each process start
+LOADED = re.compile(r"Loaded checkpoint \S+ \(epoch \d+ @ (\d+) updates\)")
 STOP_REASONS = (
     ("Stopping training due to cumulative_training_time", "budget"),
     ("Stopping training due to num_updates", "max_update"),
@@ -221,9 +228,22 @@ def _num(v):
 
 def parse_log(lines) -> dict:
     """fairseq --log-format json output -> {"train_inner": [...], "train": [...], "valid": [...],
-    "stop_reason": str or None}. train/valid dicts lose their "train_"/"valid_" prefix."""
-    out = {"train_inner": [], "train": [], "valid": [], "stop_reason": None, "done": False}
+    "stop_reason": str or None}. train/valid dicts lose their "train_"/"valid_" prefix.
+
+    "wall" is made cumulative training time across --resume: fairseq's wall meter restarts
+    in every process, so each process's values are shifted by the training time of the
+    checkpoint it loaded (the wall of the last record at or before that update), as fairseq's
+    own cumulative_training_time (the budget's clock) is."""
+    out = {"train_inner": [], "train": [], "valid": [], "stop_reason": None, "done": False,
+           "processes": 0}
+    offset = 0.0
+    points: List[tuple] = []  # (num_updates, cumulative wall) of the records so far
     for line in lines:
+        if line.startswith(SEGMENT_MARK):  # a new fairseq process: fresh unless it loads one
+            out["processes"] += 1
+            offset = 0.0
+            out["stop_reason"], out["done"] = None, False
+            continue
         m = LOG_LINE.search(line)
         if m:
             tag = m.group(1)
@@ -237,7 +257,17 @@ def parse_log(lines) -> dict:
                 if tag != "train_inner" and k.startswith(prefix):
                     k = k[len(prefix):]
                 clean[k] = _num(v)
+            if isinstance(clean.get("wall"), (int, float)):
+                clean["wall"] = round(clean["wall"] + offset, 1) if offset else clean["wall"]
+                if isinstance(clean.get("num_updates"), int):
+                    points.append((clean["num_updates"], clean["wall"]))
             out[tag].append(clean)
+            continue
+        m = LOADED.search(line)
+        if m:
+            updates = int(m.group(1))
+            before = [w for u, w in points if u <= updates]
+            offset = max(before) if before and updates > 0 else 0.0
             continue
         for text, reason in STOP_REASONS:
             if text in line:
@@ -367,6 +397,7 @@ def summarize(cfg: dict, scale: str, smoke: bool, parsed: dict, rows: List[dict]
         "epochs": len(rows),
         "updates": updates,
         "wall_seconds": round(wall, 1),
+        "processes": parsed.get("processes") or 1,
         "fairseq_wall_seconds": last_train.get("wall", last_inner.get("wall")),
         "budget_minutes": budget,
         "nfe_train_inner": nfe_stats(parsed["train_inner"]),
@@ -392,6 +423,15 @@ def summarize(cfg: dict, scale: str, smoke: bool, parsed: dict, rows: List[dict]
 # running
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default disposition.
+
+    A runner started from a background shell (`nohup ... &`) inherits SIGINT ignored, and
+    so would fairseq: Python installs no KeyboardInterrupt handler for an ignored SIGINT, and
+    the watchdog's SIGINT would do nothing. (Only a disposition set to SIG_IGN survives exec.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_fairseq(cmd: List[str], log_path: str, hard_limit: Optional[float], quiet: bool,
                 append: bool) -> tuple:
     """Run cmd, tee its merged output to log_path; returns (returncode, watchdog_fired, seconds)."""
@@ -405,7 +445,8 @@ def run_fairseq(cmd: List[str], log_path: str, hard_limit: Optional[float], quie
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True,
+                                preexec_fn=_default_sigint)
 
         def stop(sig):
             try:
@@ -470,6 +511,57 @@ def finish(run_dir: str, cfg: dict, scale: str, smoke: bool, cmd: List[str], rc:
     return summary
 
 
+RUN_FILE = "run.json"
+
+
+def run_identity(name: str, scale: str, smoke: bool) -> dict:
+    return {"config": name, "scale": scale, "smoke": smoke}
+
+
+def check_resumable(run_dir: str, name: str, scale: str, smoke: bool) -> None:
+    """Refuse to --resume a run dir made for another config, scale or smoke setting: the
+    checkpoint would not even load (other dims), or the curves would mix two runs."""
+    have = None
+    for fname in (RUN_FILE, "summary.json"):
+        try:
+            with open(os.path.join(run_dir, fname), encoding="utf-8") as f:
+                have = json.load(f)
+            break
+        except (OSError, ValueError):
+            continue
+    if have is None:
+        return  # nothing recorded (a run of an older runner killed at once): nothing to compare
+    have = {k: have.get(k) for k in ("config", "scale", "smoke")}
+    want = run_identity(name, scale, smoke)
+    diff = [f"{k} {have[k]!r} (asked {want[k]!r})" for k in want if have[k] != want[k]]
+    if diff:
+        raise RunError(f"{run_dir} holds a run of another setting: {', '.join(diff)}; "
+                       "use another --out/--run-name, or --force to start over")
+
+
+def next_command(a, run_dir: str, ok: bool) -> str:
+    """What to run after this: score the run, or resume it when it did not finish."""
+    def rel(path):
+        r = os.path.relpath(path)
+        return path if r.startswith(os.pardir + os.sep + os.pardir) else r
+    if ok:
+        cmd = [rel(sys.executable), rel(os.path.join(ROOT, "scripts", "evaluate.py")), rel(run_dir),
+               "--data-bin", a.data_bin]
+    else:
+        cmd = [rel(sys.executable), rel(os.path.join(ROOT, "scripts", "run_experiment.py")), a.name,
+               "--scale", a.scale, "--data-bin", a.data_bin, "--out", a.out]
+        if a.run_name:
+            cmd += ["--run-name", a.run_name]
+        if a.smoke:
+            cmd.append("--smoke")
+        if a.budget_minutes is not None:
+            cmd += ["--budget-minutes", f"{a.budget_minutes:g}"]
+        cmd.append("--resume")
+        if a.extra:
+            cmd += ["--extra"] + list(a.extra)
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -515,6 +607,8 @@ def main(argv=None) -> int:
             elif not a.resume:
                 raise RunError(f"{run_dir} exists: --resume to continue it from its "
                                "checkpoint_last.pt, or --force to start over")
+            else:
+                check_resumable(run_dir, cfg["name"], a.scale, a.smoke)
     except RunError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -522,6 +616,8 @@ def main(argv=None) -> int:
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=1)
+    with open(os.path.join(run_dir, RUN_FILE), "w", encoding="utf-8") as f:
+        json.dump(run_identity(cfg["name"], a.scale, a.smoke), f, indent=1)
     hard_limit = budget * 60 * 1.25 + 180 if budget else None
     print(f"{PROG}: {cfg['name']} ({a.scale}{', smoke' if a.smoke else ''}) -> {run_dir}; "
           f"budget {f'{budget:g} min' if budget else 'none'}", file=sys.stderr)
@@ -534,11 +630,13 @@ def main(argv=None) -> int:
         wall = time.time() - start
         finish(run_dir, cfg, a.scale, a.smoke, cmd, None, wall, budget, False, a.data_bin, pair)
         print(f"{PROG}: interrupted; partial epochs.csv and summary.json in {run_dir}", file=sys.stderr)
+        print(f"{PROG}: next: {next_command(a, run_dir, ok=False)}", file=sys.stderr)
         return 130
     summary = finish(run_dir, cfg, a.scale, a.smoke, cmd, rc, wall, budget, fired, a.data_bin, pair)
     print(f"{PROG}: {summary['status']} ({summary['stop_reason']}): best valid loss "
           f"{summary['best_valid_loss']} after {summary['updates']} updates, "
           f"{summary['epochs']} epochs, {summary['wall_seconds']}s -> {run_dir}", file=sys.stderr)
+    print(f"{PROG}: next: {next_command(a, run_dir, ok=rc == 0 and not fired)}", file=sys.stderr)
     if fired:
         return 124
     return rc

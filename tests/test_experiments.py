@@ -171,6 +171,58 @@ def test_policy_counts_penalties_and_throughput_in_rows():
     assert rx.throughput(parsed["train_inner"]) == 700.0
 
 
+def _inner(epoch, updates, wall):
+    return (f'2026-11-28 06:00:00 | INFO | train_inner | {{"epoch": {epoch}, "loss": "6", '
+            f'"num_updates": "{updates}", "wall": "{wall}"}}')
+
+
+def _train(epoch, updates, wall):
+    return (f'2026-11-28 06:00:00 | INFO | train | {{"epoch": {epoch}, "train_loss": "6", '
+            f'"train_num_updates": "{updates}", "train_train_wall": "50", "train_wall": "{wall}"}}')
+
+
+def _valid(epoch, updates):
+    return (f'2026-11-28 06:00:00 | INFO | valid | {{"epoch": {epoch}, "valid_loss": "6.5", '
+            f'"valid_num_updates": "{updates}"}}')
+
+
+def test_wall_is_cumulative_across_a_killed_and_resumed_run():
+    """Process 1 finishes epoch 1 (checkpoint at update 2, 56 s) and is killed in epoch 2;
+    process 2 loads that checkpoint, its own wall restarts at 0 and it redoes epoch 2."""
+    lines = [
+        "# run_experiment: python -m fairseq_cli.train ...",
+        "2026-11-28 06:00:00 | INFO | fairseq.trainer | No existing checkpoint found /r/checkpoints/checkpoint_last.pt",
+        _inner(1, 1, 20), _valid(1, 2), _train(1, 2, 56), _inner(2, 3, 80),
+        "# run_experiment: python -m fairseq_cli.train ...",
+        "2026-11-28 06:09:00 | INFO | fairseq.trainer | Loaded checkpoint /r/checkpoints/checkpoint_last.pt (epoch 2 @ 2 updates)",
+        _inner(2, 3, 25), _valid(2, 4), _train(2, 4, 56),
+    ]
+    parsed = rx.parse_log(lines)
+    assert parsed["processes"] == 2
+    rows = rx.epoch_rows(parsed)
+    assert [(r["epoch"], r["wall_seconds"]) for r in rows] == [(1, 56), (2, 112)]
+    assert [r["wall"] for r in parsed["train_inner"]] == [20, 80, 81]
+    # a resumed process that found no checkpoint starts the clock over, as fairseq's budget does
+    fresh = rx.parse_log(lines[:5] + [lines[5], lines[1], _inner(1, 1, 19), _train(1, 2, 55)])
+    assert [r["wall_seconds"] for r in rx.epoch_rows(fresh)] == [55]
+
+
+def test_resume_refuses_another_scale(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps(rx.run_identity("07-separated-aug1-tol1e-2", "mini", False)))
+    rx.check_resumable(str(run), "07-separated-aug1-tol1e-2", "mini", False)  # same: fine
+    with pytest.raises(rx.RunError, match=r"scale 'mini' \(asked 'full'\)"):
+        rx.check_resumable(str(run), "07-separated-aug1-tol1e-2", "full", False)
+    with pytest.raises(rx.RunError, match="smoke False"):
+        rx.check_resumable(str(run), "07-separated-aug1-tol1e-2", "mini", True)
+    (run / "run.json").unlink()  # a run dir of an older runner: its summary.json says the same
+    (run / "summary.json").write_text(json.dumps({"config": "02-transformer-1layer", "scale": "full",
+                                                  "smoke": False}))
+    with pytest.raises(rx.RunError, match="config '02-transformer-1layer'"):
+        rx.check_resumable(str(run), "07-separated-aug1-tol1e-2", "full", False)
+
+
 def test_parse_generate_orders_by_id():
     out = "S-1\tb\nS-0\ta\nH-1\t-0.5\tB\nD-1\t-0.5\tB x\nD-0\t-0.1\tA\nP-0\t-0.1\n"
     assert ev.parse_generate(out) == {0: "A", 1: "B x"}
@@ -298,6 +350,23 @@ def test_evaluate_finds_reference_kept_by_prepare(tmp_path):
     assert ev.find_reference(str(tmp_path), "test", None) == str(tmp_path / "raw" / "test2016.de")
     assert ev.find_reference(str(tmp_path), "test1", None) is None  # file absent
     assert ev.find_reference(str(tmp_path / "nowhere"), "test", None) is None
+
+
+def test_watchdog_reaches_a_child_of_a_background_shell(tmp_path):
+    """`nohup run_experiment.py ... &` starts the runner with SIGINT ignored; the child must
+    still stop at the watchdog's first SIGINT, not after the 30 s grace (then SIGTERM)."""
+    log = tmp_path / "train.log"
+    code = ("import sys, json; sys.path.insert(0, %r); import run_experiment as rx; "
+            "cmd = [sys.executable, '-c', \"import time; print('started', flush=True); time.sleep(120)\"]; "
+            "print(json.dumps(rx.run_fairseq(cmd, %r, hard_limit=1.0, quiet=True, append=False)))"
+            % (SCRIPTS, str(log)))
+    runner = subprocess.run(["sh", "-c", 'trap "" INT; exec "$0" -c "$1"', sys.executable, code],
+                            capture_output=True, text=True, timeout=90, env=ENV)
+    assert runner.returncode == 0, runner.stderr[-2000:]
+    rc, fired, seconds = json.loads(runner.stdout.strip().splitlines()[-1])
+    assert fired and rc != 0
+    assert seconds < 20, f"child ignored SIGINT: stopped only after {seconds:.0f}s"
+    assert "KeyboardInterrupt" in log.read_text()
 
 
 def test_watchdog_interrupts_a_run_past_its_hard_limit(tmp_path):
