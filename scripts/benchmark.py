@@ -41,6 +41,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import run_experiment as rx  # noqa: E402
+from progress import Stages, bar  # noqa: E402
 
 PROG = "benchmark"
 GOAL_TIME_RATIO = 3.0
@@ -253,6 +254,7 @@ def memory_probe(backprop: str, tol: float, smoke: bool) -> dict:
 
 def memory_vs_nfe(smoke: bool) -> List[dict]:
     rows = []
+    probes = bar(total=2 * len(TOLERANCES), desc="memory probes", unit="probe")
     for backprop in ("adjoint", "direct"):
         for tol in TOLERANCES:
             cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", backprop, str(tol)]
@@ -265,6 +267,8 @@ def memory_vs_nfe(smoke: bool) -> List[dict]:
             print(f"{PROG}: memory {backprop:7s} tol {tol:g}: NFE {row['nfe_forward']}+{row['nfe_backward']}, "
                   f"step peak {row['step_peak_mb']} MB", file=sys.stderr, flush=True)
             rows.append(row)
+            probes.update(1)
+    probes.close()
     return rows
 
 
@@ -376,12 +380,19 @@ def main(argv=None) -> int:
         p.error("--node-budget-factor must be > 0")
     names = [n for n in CONFIGS if n == CLASSIC or not a.only or n in a.only]
     started = datetime.datetime.now().astimezone()
+    # time left: the budgets (plus start-up and the last validation); the NODE runs' budget
+    # is known once the classic has run, its upper bound (factor x its budget) until then
+    stages = Stages(PROG, names, [(a.budget_minutes * (1 if n == CLASSIC else a.node_budget_factor))
+                                  * 60 + 30 for n in names])
+    stages.start(0, "training")
     summaries = {CLASSIC: run_config(CLASSIC, a, a.budget_minutes)}
     classic_best = summaries[CLASSIC].get("best_valid_loss")
     node_minutes = node_budget_minutes(read_epochs(os.path.join(a.out, CLASSIC)), classic_best,
                                        a.node_budget_factor, a.budget_minutes)
-    for n in names:
+    for i, n in enumerate(names):
         if n != CLASSIC:
+            stages.expected[i] = node_minutes * 60 + 30
+            stages.start(i, f"training for {node_minutes:.3g} min")
             summaries[n] = run_config(n, a, node_minutes)
     rows = [row_of(n, summaries[n], read_epochs(os.path.join(a.out, n)), classic_best) for n in names]
     verdicts = verdict(rows)

@@ -28,6 +28,9 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from progress import bar  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(ROOT, "node_transformer")
 PROG = "evaluate"
@@ -71,6 +74,26 @@ def parse_generate(text: str) -> Dict[int, str]:
 
 def count_sentences(text: str) -> int:
     return sum(1 for line in text.split("\n") if re.match(r"S-\d+\t", line))
+
+
+def generate(cmd: List[str], env: dict, total: Optional[int]) -> tuple:
+    """Run fairseq-generate, counting its translated sentences on a progress bar (stderr);
+    returns (returncode, stdout, stderr)."""
+    import tempfile
+
+    lines = []
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err, \
+            bar(total=total, desc="translate", unit="sent") as progress:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                stdin=subprocess.DEVNULL, env=env, errors="replace")
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("S-"):
+                progress.update(1)
+        returncode = proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    return returncode, "".join(lines), stderr
 
 
 def main(argv=None) -> int:
@@ -125,18 +148,18 @@ def main(argv=None) -> int:
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         t0 = time.time()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              stdin=subprocess.DEVNULL, env=env, errors="replace")
+        total = len(read_lines(ref)) if ref else None
+        returncode, stdout, stderr = generate(cmd, env, total)
         seconds = time.time() - t0
         gen_path = os.path.join(a.run_dir, f"generate-{a.subset}.txt")
         with open(gen_path, "w", encoding="utf-8") as f:
-            f.write(proc.stdout)
-        if proc.returncode != 0:
-            tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["?"]
-            raise EvalError(f"fairseq-generate failed (exit {proc.returncode}): {tail[0]}")
+            f.write(stdout)
+        if returncode != 0:
+            tail = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or ["?"]
+            raise EvalError(f"fairseq-generate failed (exit {returncode}): {tail[0]}")
 
-        hyps = parse_generate(proc.stdout)
-        n = count_sentences(proc.stdout)
+        hyps = parse_generate(stdout)
+        n = count_sentences(stdout)
         if sorted(hyps) != list(range(len(hyps))) or len(hyps) != n:
             raise EvalError(f"{gen_path}: {len(hyps)} hypotheses for {n} source sentences, "
                             "ids not 0..n-1")

@@ -19,6 +19,9 @@ interpreter) into --out. Fairseq subsets: train, valid, test (test2016), test1 (
 test2 (test2018); subsets.json maps them to the raw files kept in OUT/raw/ (the detokenized
 references for BLEU), next to the sentencepiece model OUT/spm.model.
 
+--head N builds from the first N lines of every split (after checking the whole files as
+above): a small data-bin of the real corpus, for smoke runs (use a small --vocab-size).
+
 The output is built in a temporary directory beside --out and renamed into place at the
 end, so a failure never leaves a half-written --out and never touches a previous good one.
 OUT/stamp.json records the inputs' checksums and the options: a second run with the same
@@ -43,6 +46,9 @@ import time
 import urllib.error
 import urllib.request
 from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from progress import bar  # noqa: E402
 
 PROG = "prepare_multi30k"
 STAMP_VERSION = 1
@@ -167,24 +173,29 @@ def check_inputs(src_dir: str, expect_counts: bool = True,
 
 def download_release(dest: str, base_url: str) -> None:
     """Fetch and decompress the ten .gz files of the release into dest (plain names)."""
-    for split, (base, remote, _) in SPLITS.items():
-        for lang in LANGS:
-            url = f"{base_url.rstrip('/')}/{remote}.{lang}.gz"
-            out = os.path.join(dest, f"{base}.{lang}")
-            print(f"{PROG}: fetching {url}", file=sys.stderr)
-            try:
-                with urllib.request.urlopen(url, timeout=60) as r:
-                    data = r.read()
-            except (urllib.error.URLError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                raise InputError(url, f"cannot download ({reason}); offline? "
-                                      "use --from DIR with the plain files") from None
-            try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError) as e:
-                raise InputError(url, f"not a valid gzip file ({e})") from None
-            with open(out, "wb") as f:
-                f.write(data)
+    print(f"{PROG}: downloading {len(SPLITS) * len(LANGS)} files from {base_url}", file=sys.stderr)
+    with bar(total=len(SPLITS) * len(LANGS), desc="download", unit="file") as progress:
+        for split, (base, remote, _) in SPLITS.items():
+            for lang in LANGS:
+                fetch_one(f"{base_url.rstrip('/')}/{remote}.{lang}.gz",
+                          os.path.join(dest, f"{base}.{lang}"))
+                progress.update(1)
+
+
+def fetch_one(url: str, out: str) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            data = r.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise InputError(url, f"cannot download ({reason}); offline? "
+                              "use --from DIR with the plain files") from None
+    try:
+        data = gzip.decompress(data)
+    except (OSError, EOFError) as e:
+        raise InputError(url, f"not a valid gzip file ({e})") from None
+    with open(out, "wb") as f:
+        f.write(data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,10 +225,12 @@ def train_spm(prefix: str, inputs: List[str], vocab_size: int) -> None:
                          f"sentencepiece training failed with --vocab-size {vocab_size}: {msg}") from None
 
 
-def encode_file(sp, src: str, dst: str) -> None:
+def encode_file(sp, src: str, dst: str, progress=None) -> None:
     with open(dst, "w", encoding="utf-8") as f:
         for line in read_lines(src):
             f.write(" ".join(sp.encode(line, out_type=str)) + "\n")
+            if progress is not None:
+                progress.update(1)
 
 
 def build(tmp: str, info: Dict[str, dict], args) -> None:
@@ -235,12 +248,13 @@ def build(tmp: str, info: Dict[str, dict], args) -> None:
     raw = os.path.join(tmp, "raw")
     os.makedirs(bpe)
     os.makedirs(raw)
-    for base, _, _ in SPLITS.values():
-        for lang in LANGS:
-            name = f"{base}.{lang}"
-            encode_file(sp, info[name]["path"], os.path.join(bpe, name))
-            if base != "train":  # raw references / sources for scoring
-                shutil.copyfile(info[name]["path"], os.path.join(raw, name))
+    with bar(total=sum(v["lines"] for v in info.values()), desc="encode", unit="line") as progress:
+        for base, _, _ in SPLITS.values():
+            for lang in LANGS:
+                name = f"{base}.{lang}"
+                encode_file(sp, info[name]["path"], os.path.join(bpe, name), progress)
+                if base != "train":  # raw references / sources for scoring
+                    shutil.copyfile(info[name]["path"], os.path.join(raw, name))
     print(f"{PROG}: encoded all splits ({time.time() - t0:.1f}s); running fairseq-preprocess",
           file=sys.stderr)
 
@@ -276,7 +290,7 @@ def stamp_key(checksums: Dict[str, str], args) -> dict:
         fairseq_version = version("fairseq-fixed")
     except Exception:  # pragma: no cover
         fairseq_version = None
-    return {
+    key = {
         "stamp_version": STAMP_VERSION,
         "inputs_sha256": dict(sorted(checksums.items())),
         "options": {"vocab_size": args.vocab_size, "model_type": "bpe",
@@ -284,6 +298,9 @@ def stamp_key(checksums: Dict[str, str], args) -> dict:
                     "source_lang": args.source_lang, "target_lang": args.target_lang},
         "tools": {"sentencepiece": sentencepiece.__version__, "fairseq": fairseq_version},
     }
+    if args.head:  # only when set: a data-bin stamped before --head existed stays up to date
+        key["options"]["head"] = args.head
+    return key
 
 
 def read_stamp(out: str) -> Optional[dict]:
@@ -311,6 +328,18 @@ def install(tmp: str, out: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def take_head(info: Dict[str, dict], n: int, dest: str) -> Dict[str, dict]:
+    """Copies of the first n lines of every input in dest; info with their paths and counts."""
+    out = {}
+    for name, v in info.items():
+        lines = read_lines(v["path"])[:n]
+        path = os.path.join(dest, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+        out[name] = dict(v, path=path, lines=len(lines))
+    return out
+
+
 def fail(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -335,7 +364,11 @@ def main(argv=None) -> int:
     p.add_argument("--check-only", action="store_true",
                    help="fetch/read and check the inputs, then stop (writes nothing)")
     p.add_argument("--force", action="store_true", help="rebuild even when the stamp matches")
+    p.add_argument("--head", type=int, metavar="N",
+                   help="use only the first N lines of every split (a small data-bin for smoke runs)")
     args = p.parse_args(argv)
+    if args.head is not None and args.head < 1:
+        p.error("--head must be >= 1")
     if args.source_lang == args.target_lang:
         p.error("--source-lang and --target-lang must differ")
     if args.vocab_size < 2:
@@ -390,7 +423,13 @@ def main(argv=None) -> int:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+            if args.head:
+                head_dir = os.path.join(tmp, "head")
+                os.makedirs(head_dir)
+                info = take_head(info, args.head, head_dir)
             build(tmp, info, args)
+            if args.head:
+                shutil.rmtree(head_dir)
             stamp = {"key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "source": os.path.abspath(args.src) if args.src else args.url,
                      "lines": {name: v["lines"] for name, v in info.items()}}

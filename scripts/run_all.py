@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import run_experiment as rx  # noqa: E402
+from progress import Stages  # noqa: E402
 
 COLUMNS = ("config", "scale", "status", "stop_reason", "best_valid_loss", "best_valid_nll_loss",
            "study_best_valid_loss", "epochs", "updates", "wall_seconds",
@@ -36,6 +38,16 @@ def row_of(summary: dict) -> dict:
     for k in rx.NFE_KEYS:
         row[f"{k}_mean"] = summary.get("nfe_train_inner", {}).get(k, {}).get("mean", "")
     return row
+
+
+def finished(a, cfg: dict) -> bool:
+    """A run with summary.json status ok, kept unless --force."""
+    path = os.path.join(a.out, rx.run_dir_name(cfg, a.scale, a.smoke), "summary.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("status") == "ok" and not a.force
+    except (OSError, ValueError):
+        return False
 
 
 def main(argv=None) -> int:
@@ -60,6 +72,12 @@ def main(argv=None) -> int:
         print(f"run_all: error: {e}", file=sys.stderr)
         return 2
 
+    def expected_seconds(cfg):  # the budget, plus start-up and the last validation
+        budget = rx.budget_of(cfg, a.scale, a.budget_minutes, a.smoke)
+        return budget * 60 * 1.05 + 30 if budget else None
+
+    todo = [cfg for cfg in configs if not finished(a, cfg)]
+    stages = Stages("run_all", [cfg["name"] for cfg in todo], [expected_seconds(c) for c in todo])
     failed, rows = [], []
     for cfg in configs:
         run_dir = os.path.join(a.out, rx.run_dir_name(cfg, a.scale, a.smoke))
@@ -84,7 +102,7 @@ def main(argv=None) -> int:
             cmd.append("--quiet")
         if a.extra:
             cmd += ["--extra"] + a.extra
-        print(f"run_all: {cfg['name']}: starting", file=sys.stderr)
+        stages.start(stages.names.index(cfg["name"]), "starting")
         rc = subprocess.call(cmd)
         if os.path.isfile(summary_path):
             with open(summary_path, encoding="utf-8") as f:
@@ -110,6 +128,15 @@ def main(argv=None) -> int:
               f"{str(r['wall_seconds']):>8s} {str(r['nfe_dec_fwd_mean']):>11s}")
     print(f"run_all: table in {table}" + (f"; failed: {', '.join(failed)}" if failed else ""),
           file=sys.stderr)
+    if todo:
+        stages.finish()
+    if failed:
+        print("run_all: next: the same command again starts the failed runs over", file=sys.stderr)
+    else:
+        nxt = [os.path.join("scripts", "experiments", "all.sh"), "--scale", a.scale,
+               "--data-bin", a.data_bin, "--out", a.out] + (["--smoke"] if a.smoke else [])
+        print(f"run_all: next: {' '.join(shlex.quote(c) for c in nxt)}  (scores test2016, draws "
+              "the figures and the table; the trained runs are kept)", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -327,6 +327,35 @@ def test_budget_stop_leaves_best_checkpoint_and_logs(toy):
                      (run / "train.log").read_text())
 
 
+def test_resumed_run_continues_the_clock_and_keeps_its_scale(toy):
+    """Epoch 1 in one process, epoch 2 in a --resume'd one: epochs.csv's wall_seconds of
+    epoch 2 is epoch 1's plus the second process's own (fairseq's wall restarts at 0)."""
+    base, _, data_bin = toy
+    args = ["02", "--scale", "mini", "--data-bin", str(data_bin), "--out", str(base / "resume"),
+            "--smoke", "--quiet", "--budget-minutes", "0"]
+    first = script("run_experiment.py", *args, "--extra", "--max-epoch", "1", timeout=150)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert re.search(r"next: \S*python\S* \S*evaluate\.py \S*02-transformer-1layer-mini-smoke", first.stderr)
+    second = script("run_experiment.py", *args, "--resume", "--extra", "--max-epoch", "2", timeout=150)
+    assert second.returncode == 0, second.stderr[-3000:]
+    run = base / "resume" / "02-transformer-1layer-mini-smoke"
+    log = (run / "train.log").read_text()
+    assert "Loaded checkpoint" in log
+    own = [json.loads(m)["train_wall"] for m in re.findall(r"\| train \| (\{.*\})", log)]
+    assert len(own) == 2
+    rows = read_rows(run / "epochs.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["wall_seconds"]) == float(own[0])
+    assert float(rows[1]["wall_seconds"]) == pytest.approx(float(own[0]) + float(own[1]))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["fairseq_wall_seconds"] == pytest.approx(
+        float(rows[1]["wall_seconds"]))
+    other = script("run_experiment.py", "02", "--scale", "full", "--run-name", run.name,
+                   *args[3:], "--resume")
+    assert other.returncode == 2 and "scale 'mini' (asked 'full')" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+
+
 def test_evaluate_smoke_run(smoke_run, toy):
     _, raw, data_bin = toy
     proc = script("evaluate.py", str(smoke_run), "--data-bin", str(data_bin),
@@ -375,3 +404,17 @@ def test_watchdog_interrupts_a_run_past_its_hard_limit(tmp_path):
     rc, fired, seconds = rx.run_fairseq(cmd, str(log), hard_limit=1.0, quiet=True, append=False)
     assert fired and rc != 0 and seconds < 30
     assert "started" in log.read_text()
+
+
+def test_stages_estimate_the_time_left(capsys):
+    sys.path.insert(0, SCRIPTS)
+    import progress
+
+    st = progress.Stages("run_all", ["a", "b", "c"], [600, None, 300])
+    assert st.left(0) is None  # b has no expected time and nothing is measured yet
+    st.done = [400.0]
+    assert st.left(1) == 700.0 and st.left(2) == 300.0  # b counts as the mean so far
+    st.start(2, "starting")
+    assert re.match(r"run_all: \[3/3\] c: starting \(\d+s elapsed, about 5m 00s left\)$",
+                    capsys.readouterr().err.strip())
+    assert progress.duration(3725) == "1h 02m" and progress.duration(61) == "1m 01s"
