@@ -327,6 +327,7 @@ def test_budget_stop_leaves_best_checkpoint_and_logs(toy):
                      (run / "train.log").read_text())
 
 
+@pytest.mark.slow  # 60-80 s on the shared machine; the log logic is in the default suite above
 def test_resumed_run_continues_the_clock_and_keeps_its_scale(toy):
     """Epoch 1 in one process, epoch 2 in a --resume'd one: epochs.csv's wall_seconds of
     epoch 2 is epoch 1's plus the second process's own (fairseq's wall restarts at 0)."""
