@@ -12,10 +12,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
-sys.path.insert(0, SCRIPTS)
+sys.path.insert(0, ROOT)
 
-import run_experiment as rx  # noqa: E402
-import evaluate as ev  # noqa: E402
+from experiments import evaluation as ev  # noqa: E402
+from experiments import runner as rx  # noqa: E402
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 NAMES = [
@@ -386,10 +386,10 @@ def test_watchdog_reaches_a_child_of_a_background_shell(tmp_path):
     """`nohup run_experiment.py ... &` starts the runner with SIGINT ignored; the child must
     still stop at the watchdog's first SIGINT, not after the 30 s grace (then SIGTERM)."""
     log = tmp_path / "train.log"
-    code = ("import sys, json; sys.path.insert(0, %r); import run_experiment as rx; "
+    code = ("import sys, json; sys.path.insert(0, %r); from experiments import runner as rx; "
             "cmd = [sys.executable, '-c', \"import time; print('started', flush=True); time.sleep(120)\"]; "
             "print(json.dumps(rx.run_fairseq(cmd, %r, hard_limit=1.0, quiet=True, append=False)))"
-            % (SCRIPTS, str(log)))
+            % (ROOT, str(log)))
     runner = subprocess.run(["sh", "-c", 'trap "" INT; exec "$0" -c "$1"', sys.executable, code],
                             capture_output=True, text=True, timeout=90, env=ENV)
     assert runner.returncode == 0, runner.stderr[-2000:]
@@ -408,8 +408,7 @@ def test_watchdog_interrupts_a_run_past_its_hard_limit(tmp_path):
 
 
 def test_stages_estimate_the_time_left(capsys):
-    sys.path.insert(0, SCRIPTS)
-    import progress
+    from experiments import progress
 
     st = progress.Stages("run_all", ["a", "b", "c"], [600, None, 300])
     assert st.left(0) is None  # b has no expected time and nothing is measured yet

@@ -2,7 +2,6 @@
 
 import gzip
 import hashlib
-import importlib.util
 import os
 import random
 import shutil
@@ -20,10 +19,10 @@ DE = "ein mann frau hund kind spielt läuft auf der straße im park mit ball rot
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location("prepare_multi30k", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    sys.path.insert(0, ROOT)
+    from experiments import multi30k
+
+    return multi30k
 
 
 def write_corpus(path, seed=0):
