@@ -135,8 +135,11 @@ class Study:
         try:
             self.run("data", cmd, "idempotent: does nothing when the data-bin is up to date")
         except StepFailed as e:
-            hint = "" if a.data is not None else " (offline? pass --data DIR, a local Multi30k copy)"
-            raise StudyError(f"preparing the data-bin {data_bin} failed (exit {e.rc}){hint}") from None
+            if a.data is None:
+                raise StudyError(f"no Multi30k data: {data_bin} is missing and the download failed "
+                                 "(see above); pass --data DIR, a local copy of the plain files") from None
+            raise StudyError(f"preparing the data-bin {data_bin} from {a.data} failed (exit {e.rc}, "
+                             "see above)") from None
         return data_bin
 
     def note(self, msg: str) -> None:
