@@ -41,8 +41,8 @@ from typing import List, Optional
 from . import runner as rx
 
 ROOT = rx.ROOT
-HERE = os.path.join(ROOT, "scripts")  # the scripts each step runs
-SHELL_DIR = os.path.join(HERE, "experiments")
+SCRIPTS = os.path.join(ROOT, "scripts")  # the scripts each step runs
+SHELL_DIR = os.path.join(SCRIPTS, "experiments")
 
 PROG = os.environ.get("RUN_STUDY_PROG") or "run_study_experiment"
 DEFAULT_DATA_BIN = os.path.join(ROOT, "data-bin", "multi30k_en_de")
@@ -110,7 +110,7 @@ class Study:
         return 0
 
     def script(self, name: str, *args: str) -> List[str]:
-        return [self.py, os.path.join(HERE, name), *args]
+        return [self.py, os.path.join(SCRIPTS, name), *args]
 
     # 1 ---------------------------------------------------------------------------------------
     def data(self) -> str:
