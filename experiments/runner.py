@@ -45,6 +45,8 @@ import threading
 import time
 from typing import List, Optional
 
+# The runner re-exports the config and log helpers: callers (batch, benchmark, study, tests)
+# need one import for a run's whole life.
 from .configs import (CONFIG_DIR, ROOT, SCALES, SMOKE_BUDGET_MINUTES, USER_DIR, RunError,  # noqa: F401
                       budget_of, config_paths, find_config, load_config, run_dir_name,
                       validate_config)
