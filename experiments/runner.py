@@ -435,3 +435,7 @@ def main(argv=None) -> int:
         return 2
     record_identity(a, plan)
     return train(a, plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
