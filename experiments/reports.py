@@ -58,3 +58,7 @@ def main(argv=None):
         lines.append("| " + " | ".join(row(run_dir)) + " |")
     print("\n".join(lines))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
