@@ -6,7 +6,8 @@ setup(
     name="node-transformer",
     version="0.1.0",
     description="Transformer encoder/decoder as Neural ODE blocks, as a fairseq plugin",
-    packages=find_packages(include=["node_transformer", "node_transformer.*", "odeint_ext", "odeint_ext.*"]),
+    packages=find_packages(include=["node_transformer", "node_transformer.*", "odeint_ext", "odeint_ext.*",
+                                    "experiments", "experiments.*"]),
     python_requires=">=3.8",
     # torch and fairseq are installed by scripts/setup.sh in the right order (see README):
     # fairseq's sdist imports torch at build time, so pip must not resolve them here.

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, ROOT)
 
-import benchmark as bm  # noqa: E402
+from experiments import benchmark as bm  # noqa: E402
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 

@@ -12,10 +12,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
-sys.path.insert(0, SCRIPTS)
+sys.path.insert(0, ROOT)
 
-import run_experiment as rx  # noqa: E402
-import evaluate as ev  # noqa: E402
+from experiments import evaluation as ev  # noqa: E402
+from experiments import runner as rx  # noqa: E402
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 NAMES = [
@@ -171,6 +171,58 @@ def test_policy_counts_penalties_and_throughput_in_rows():
     assert rx.throughput(parsed["train_inner"]) == 700.0
 
 
+def _inner(epoch, updates, wall):
+    return (f'2026-11-28 06:00:00 | INFO | train_inner | {{"epoch": {epoch}, "loss": "6", '
+            f'"num_updates": "{updates}", "wall": "{wall}"}}')
+
+
+def _train(epoch, updates, wall):
+    return (f'2026-11-28 06:00:00 | INFO | train | {{"epoch": {epoch}, "train_loss": "6", '
+            f'"train_num_updates": "{updates}", "train_train_wall": "50", "train_wall": "{wall}"}}')
+
+
+def _valid(epoch, updates):
+    return (f'2026-11-28 06:00:00 | INFO | valid | {{"epoch": {epoch}, "valid_loss": "6.5", '
+            f'"valid_num_updates": "{updates}"}}')
+
+
+def test_wall_is_cumulative_across_a_killed_and_resumed_run():
+    """Process 1 finishes epoch 1 (checkpoint at update 2, 56 s) and is killed in epoch 2;
+    process 2 loads that checkpoint, its own wall restarts at 0 and it redoes epoch 2."""
+    lines = [
+        "# run_experiment: python -m fairseq_cli.train ...",
+        "2026-11-28 06:00:00 | INFO | fairseq.trainer | No existing checkpoint found /r/checkpoints/checkpoint_last.pt",
+        _inner(1, 1, 20), _valid(1, 2), _train(1, 2, 56), _inner(2, 3, 80),
+        "# run_experiment: python -m fairseq_cli.train ...",
+        "2026-11-28 06:09:00 | INFO | fairseq.trainer | Loaded checkpoint /r/checkpoints/checkpoint_last.pt (epoch 2 @ 2 updates)",
+        _inner(2, 3, 25), _valid(2, 4), _train(2, 4, 56),
+    ]
+    parsed = rx.parse_log(lines)
+    assert parsed["processes"] == 2
+    rows = rx.epoch_rows(parsed)
+    assert [(r["epoch"], r["wall_seconds"]) for r in rows] == [(1, 56), (2, 112)]
+    assert [r["wall"] for r in parsed["train_inner"]] == [20, 80, 81]
+    # a resumed process that found no checkpoint starts the clock over, as fairseq's budget does
+    fresh = rx.parse_log(lines[:5] + [lines[5], lines[1], _inner(1, 1, 19), _train(1, 2, 55)])
+    assert [r["wall_seconds"] for r in rx.epoch_rows(fresh)] == [55]
+
+
+def test_resume_refuses_another_scale(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps(rx.run_identity("07-separated-aug1-tol1e-2", "mini", False)))
+    rx.check_resumable(str(run), "07-separated-aug1-tol1e-2", "mini", False)  # same: fine
+    with pytest.raises(rx.RunError, match=r"scale 'mini' \(asked 'full'\)"):
+        rx.check_resumable(str(run), "07-separated-aug1-tol1e-2", "full", False)
+    with pytest.raises(rx.RunError, match="smoke False"):
+        rx.check_resumable(str(run), "07-separated-aug1-tol1e-2", "mini", True)
+    (run / "run.json").unlink()  # a run dir of an older runner: its summary.json says the same
+    (run / "summary.json").write_text(json.dumps({"config": "02-transformer-1layer", "scale": "full",
+                                                  "smoke": False}))
+    with pytest.raises(rx.RunError, match="config '02-transformer-1layer'"):
+        rx.check_resumable(str(run), "07-separated-aug1-tol1e-2", "full", False)
+
+
 def test_parse_generate_orders_by_id():
     out = "S-1\tb\nS-0\ta\nH-1\t-0.5\tB\nD-1\t-0.5\tB x\nD-0\t-0.1\tA\nP-0\t-0.1\n"
     assert ev.parse_generate(out) == {0: "A", 1: "B x"}
@@ -275,6 +327,36 @@ def test_budget_stop_leaves_best_checkpoint_and_logs(toy):
                      (run / "train.log").read_text())
 
 
+@pytest.mark.slow  # 60-80 s on the shared machine; the log logic is in the default suite above
+def test_resumed_run_continues_the_clock_and_keeps_its_scale(toy):
+    """Epoch 1 in one process, epoch 2 in a --resume'd one: epochs.csv's wall_seconds of
+    epoch 2 is epoch 1's plus the second process's own (fairseq's wall restarts at 0)."""
+    base, _, data_bin = toy
+    args = ["02", "--scale", "mini", "--data-bin", str(data_bin), "--out", str(base / "resume"),
+            "--smoke", "--quiet", "--budget-minutes", "0"]
+    first = script("run_experiment.py", *args, "--extra", "--max-epoch", "1", timeout=150)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert re.search(r"next: \S*python\S* \S*evaluate\.py \S*02-transformer-1layer-mini-smoke", first.stderr)
+    second = script("run_experiment.py", *args, "--resume", "--extra", "--max-epoch", "2", timeout=150)
+    assert second.returncode == 0, second.stderr[-3000:]
+    run = base / "resume" / "02-transformer-1layer-mini-smoke"
+    log = (run / "train.log").read_text()
+    assert "Loaded checkpoint" in log
+    own = [json.loads(m)["train_wall"] for m in re.findall(r"\| train \| (\{.*\})", log)]
+    assert len(own) == 2
+    rows = read_rows(run / "epochs.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["wall_seconds"]) == float(own[0])
+    assert float(rows[1]["wall_seconds"]) == pytest.approx(float(own[0]) + float(own[1]))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["fairseq_wall_seconds"] == pytest.approx(
+        float(rows[1]["wall_seconds"]))
+    other = script("run_experiment.py", "02", "--scale", "full", "--run-name", run.name,
+                   *args[3:], "--resume")
+    assert other.returncode == 2 and "scale 'mini' (asked 'full')" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+
+
 def test_evaluate_smoke_run(smoke_run, toy):
     _, raw, data_bin = toy
     proc = script("evaluate.py", str(smoke_run), "--data-bin", str(data_bin),
@@ -300,9 +382,39 @@ def test_evaluate_finds_reference_kept_by_prepare(tmp_path):
     assert ev.find_reference(str(tmp_path / "nowhere"), "test", None) is None
 
 
+def test_watchdog_reaches_a_child_of_a_background_shell(tmp_path):
+    """`nohup run_experiment.py ... &` starts the runner with SIGINT ignored; the child must
+    still stop at the watchdog's first SIGINT, not after the 30 s grace (then SIGTERM)."""
+    log = tmp_path / "train.log"
+    code = ("import sys, json; sys.path.insert(0, %r); from experiments import runner as rx; "
+            "cmd = [sys.executable, '-c', \"import time; print('started', flush=True); time.sleep(120)\"]; "
+            "print(json.dumps(rx.run_fairseq(cmd, %r, hard_limit=1.0, quiet=True, append=False)))"
+            % (ROOT, str(log)))
+    runner = subprocess.run(["sh", "-c", 'trap "" INT; exec "$0" -c "$1"', sys.executable, code],
+                            capture_output=True, text=True, timeout=90, env=ENV)
+    assert runner.returncode == 0, runner.stderr[-2000:]
+    rc, fired, seconds = json.loads(runner.stdout.strip().splitlines()[-1])
+    assert fired and rc != 0
+    assert seconds < 20, f"child ignored SIGINT: stopped only after {seconds:.0f}s"
+    assert "KeyboardInterrupt" in log.read_text()
+
+
 def test_watchdog_interrupts_a_run_past_its_hard_limit(tmp_path):
     log = tmp_path / "train.log"
     cmd = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(120)"]
     rc, fired, seconds = rx.run_fairseq(cmd, str(log), hard_limit=1.0, quiet=True, append=False)
     assert fired and rc != 0 and seconds < 30
     assert "started" in log.read_text()
+
+
+def test_stages_estimate_the_time_left(capsys):
+    from experiments import progress
+
+    st = progress.Stages("run_all", ["a", "b", "c"], [600, None, 300])
+    assert st.left(0) is None  # b has no expected time and nothing is measured yet
+    st.done = [400.0]
+    assert st.left(1) == 700.0 and st.left(2) == 300.0  # b counts as the mean so far
+    st.start(2, "starting")
+    assert re.match(r"run_all: \[3/3\] c: starting \(\d+s elapsed, about 5m 00s left\)$",
+                    capsys.readouterr().err.strip())
+    assert progress.duration(3725) == "1h 02m" and progress.duration(61) == "1m 01s"

@@ -2,7 +2,6 @@
 
 import gzip
 import hashlib
-import importlib.util
 import os
 import random
 import shutil
@@ -20,10 +19,10 @@ DE = "ein mann frau hund kind spielt läuft auf der straße im park mit ball rot
 
 
 def load_module():
-    spec = importlib.util.spec_from_file_location("prepare_multi30k", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    sys.path.insert(0, ROOT)
+    from experiments import multi30k
+
+    return multi30k
 
 
 def write_corpus(path, seed=0):
@@ -241,3 +240,37 @@ def test_download_path_checks_against_embedded_checksums(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "valid.de" in errors[0] and "sha256" in errors[0]
+
+
+def test_head_builds_from_the_first_lines_after_checking_all(built, tmp_path):
+    src, _ = built
+    out = tmp_path / "head"
+    proc = small(src, out, "--head", "100")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    stamp = json.loads((out / "stamp.json").read_text())
+    assert stamp["key"]["options"]["head"] == 100
+    assert stamp["lines"]["train.en"] == 100 and stamp["lines"]["valid.de"] == SPLITS["valid"]
+    with open(os.path.join(src, "train.de"), encoding="utf-8") as f:
+        first = f.read().splitlines()[:100]
+    from fairseq.data import Dictionary, data_utils
+
+    d = Dictionary.load(str(out / "dict.de.txt"))
+    train = data_utils.load_indexed_dataset(str(out / "train.en-de.de"), d)
+    assert len(train) == 100
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
+    assert sp.decode(d.string(train[99]).split()) == first[99]  # the 100th line, not another
+    assert not (out / "head").exists()
+    again = small(src, out, "--head", "100")
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    # the whole files are still checked: a broken line beyond the head is caught
+    broken = write_corpus(str(tmp_path / "broken"))
+    with open(os.path.join(broken, "test2018.en"), "ab") as f:
+        f.write(b"caf\xe9\n")
+    with open(os.path.join(broken, "test2018.de"), "a", encoding="utf-8") as f:
+        f.write("x\n")
+    bad = small(broken, tmp_path / "bad", "--head", "5")
+    assert bad.returncode == 2 and "test2018.en" in bad.stderr and "UTF-8" in bad.stderr
