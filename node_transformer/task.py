@@ -40,9 +40,9 @@ COUNTERS = ("node_skipped", "node_fixed_step", "node_deferred", "node_replayed")
 VALID_COUNTERS = ("node_skipped", "node_fixed_step")
 PENALTIES = (("kinetic", "node_kinetic_energy"), ("jacobian", "node_jacobian_norm"))
 BATCHES = "node_batches"  # batches whose NFE a log holds: the divisor of the NFE means
-# What a failed solve looks like: our budget and guards, and torchdiffeq's own asserts
-# (raised from inside autograd in the adjoint backward, where nothing can wrap them).
-SOLVER_ERRORS = (ODESolveError, AssertionError)
+# What a failed solve looks like: the budget, the non-finite guard and torchdiffeq's own
+# asserts, which odeint_ext turns into ODESolveError (in the adjoint backward too).
+SOLVER_ERRORS = (ODESolveError,)
 
 
 def _blocks(module):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from fairseq_helpers import BIN, ROOT, USER_DIR, batch, build, cli, write_dicts
+from fairseq_helpers import ROOT, USER_DIR, batch, build, cli, write_dicts
 from node_transformer.ode_block import ODEBlock
 from test_cli import MODEL, N_TEST, data_bin, log_records  # noqa: F401  (data_bin: fixture)
 
@@ -239,3 +239,15 @@ def test_batch_by_size_keeps_the_last_batch():
                                        required_batch_size_multiple=8)
     assert [len(b) for b in batches] == [8, 8, 7]
     assert np.array_equal(np.concatenate(batches), indices)
+
+
+def test_padding_nfe_script_prints_both_counts(data_bin):
+    data, _ = data_bin
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "padding_nfe.py"), data,
+                           "--max-batches", "2"], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, **ENV))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| nfe_")]
+    assert [r[0].strip() for r in rows] == ["nfe_dec_fwd", "nfe_enc_fwd"]
+    for _, free, held, _ in rows:
+        assert int(held) > 0 and int(free) > 0
