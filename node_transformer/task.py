@@ -195,7 +195,11 @@ class NODETranslationTask(TranslationTask):
     def _log_keys(self, model, criterion, training: bool) -> Dict[str, float]:
         """Every key a log of this model can hold, at zero: workers sum their logs key by key
         (fairseq's fast stats sync), so a skipped batch's log must look like a live one's."""
-        keys = dict.fromkeys(("loss", "nll_loss", "ntokens", "nsentences", "sample_size", BATCHES), 0)
+        # The criterion logs loss and nll_loss as tensors (fairseq avoids a device sync per
+        # batch), the counts as numbers; workers split the summed log by that, so zeros
+        # must have the same types as a live log's values.
+        zero = torch.zeros((), device=next(model.parameters()).device)
+        keys = {"loss": zero, "nll_loss": zero, **dict.fromkeys(("ntokens", "nsentences", "sample_size", BATCHES), 0)}
         if getattr(criterion, "report_accuracy", False):
             keys.update(n_correct=0, total=0)
         for side, tag in SIDES:

@@ -150,18 +150,23 @@ def test_two_workers_match_one_worker_and_nfe_is_not_doubled(data_bin, tmp_path)
     assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3)
 
 
-def test_budget_firing_on_one_worker_only_keeps_workers_identical(data_bin, tmp_path):
+@pytest.mark.parametrize("policy, budget, counter", [
+    ("fixed-step", "26", "node_fixed_step"),  # fires in backwards (and some forwards)
+    ("skip", "18", "node_skipped"),  # fires in every forward, validation included
+])
+def test_budget_firing_on_one_worker_only_keeps_workers_identical(data_bin, tmp_path, policy,
+                                                                  budget, counter):
     data, _ = data_bin
 
-    def argv(rank):  # rank 1 alone has a budget, which fires in forwards and backwards
-        budget = ["--node-max-nfe", "26"] if rank == 1 else []
-        return train_args(data, str(tmp_path / f"c{rank}"), *NODE, *budget, "--update-freq", "2",
-                          "--node-on-budget", "fixed-step", epochs=1)
+    def argv(rank):  # rank 1 alone has a budget
+        limit = ["--node-max-nfe", budget] if rank == 1 else []
+        return train_args(data, str(tmp_path / f"c{rank}"), *NODE, *limit, "--update-freq", "2",
+                          "--node-on-budget", policy, epochs=1)
 
     (p0, p1), proc = run_workers(tmp_path, argv)
     for n in p0:
         assert torch.equal(p0[n], p1[n]), n
-    assert total(log_records(proc, "train_inner"), "node_fixed_step") > 0
+    assert total(log_records(proc, "train_inner"), counter) > 0
 
 
 # -- padding --------------------------------------------------------------------------------
