@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -110,6 +110,34 @@ class _RealPositionsNorm:
         return self._masked_rms(x)
 
 
+def ode_blocks(module: Optional[nn.Module]) -> List["ODEBlock"]:
+    """The ODE blocks inside ``module`` (none for None)."""
+    return [m for m in module.modules() if isinstance(m, ODEBlock)] if module is not None else []
+
+
+@contextmanager
+def fixed_step_fallback(model: nn.Module, steps: int):
+    """Inside this context every ODE block of ``model`` solves with rk4 on ``steps`` steps,
+    unbounded (--node-on-budget fixed-step): a batch over budget can be solved again."""
+    blocks = ode_blocks(model)
+    for b in blocks:
+        b.fallback = b.solver.fixed_step(steps)
+    try:
+        yield
+    finally:
+        for b in blocks:
+            b.fallback = None
+
+
+def total_penalties(model: nn.Module) -> Dict[str, Tensor]:
+    """The RNODE penalties of the last forward, each summed over the blocks that integrated it."""
+    terms: Dict[str, list] = {}
+    for b in ode_blocks(model):
+        for name, value in b.penalties.items():
+            terms.setdefault(name, []).append(value)
+    return {name: sum(values) for name, values in terms.items()}
+
+
 @contextmanager
 def record_backward_overruns(model: nn.Module):
     """Backward solves over budget inside this context finish (with f = 0) instead of
@@ -117,7 +145,7 @@ def record_backward_overruns(model: nn.Module):
     backward, whose gradient all-reduces the other workers wait for, before all of them
     drop the batch together. The gradients of such a backward are garbage: discard them."""
     found: list = []
-    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
+    blocks = ode_blocks(model)
     for b in blocks:
         b.overruns = found
     try:
@@ -131,9 +159,10 @@ class ODEBlock(nn.Module):
     """Solves the dynamics over ``ts`` and returns the state at the last time.
 
     The adjoint is used only when gradients are needed; evaluation and generation solve
-    without it. Each solve's SolveStats is kept (the last few) for NFE logging. In training
-    with RNODE coefficients, ``penalties`` holds the last solve's integrated K and J.
-    ``fallback`` (set by the task, see --node-on-budget fixed-step) replaces ``solver``
+    without it. Each solve's SolveStats is kept (the last few in ``solves``): their sum since
+    :meth:`reset_record` is :meth:`nfe_record`. In training with RNODE coefficients,
+    ``penalties`` holds the last solve's integrated K and J (:func:`total_penalties` sums
+    them over a model). ``fallback`` (set by :func:`fixed_step_fallback`) replaces ``solver``
     while it is not None.
     """
 
@@ -150,6 +179,16 @@ class ODEBlock(nn.Module):
         # record_backward_overruns): the backward finishes and the overrun is put there.
         self.overruns: Optional[list] = None
         self.penalties: Dict[str, Tensor] = {}
+
+    def reset_record(self) -> None:
+        """Forget the solves so far: :meth:`nfe_record` counts from here."""
+        self.solves.clear()
+
+    def nfe_record(self) -> SolveStats:
+        """Function evaluations of the solves since :meth:`reset_record`, forward and backward
+        (the backward's grow while an adjoint backward runs)."""
+        return SolveStats(nfe_forward=sum(s.nfe_forward for s in self.solves),
+                          nfe_backward=sum(s.nfe_backward for s in self.solves))
 
     def _times(self, like: Tensor) -> Tensor:
         ts = self.ts
