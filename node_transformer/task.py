@@ -263,7 +263,8 @@ class NODETranslationTask(TranslationTask):
                 if deferred:
                     self._deferred.append(utils.move_to_cpu(sample))
                 counter = DEFERRED if deferred else SKIPPED
-                logger.warning("%s batch of %d sentences: %s", "deferred" if deferred else "skipped", sample.get("nsentences", 0), error)
+                logger.warning("%s batch of %d sentences: %s", "deferred" if deferred else "skipped",
+                               sample.get("nsentences", 0), error)
                 _sync_restored_grads(model)
                 log = {**failed_nfe, BATCHES: 1, counter: 1}
                 return torch.zeros(()), 0, self._shaped(log, model, criterion, True)
