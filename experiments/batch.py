@@ -20,14 +20,15 @@ import subprocess
 import sys
 
 from . import runner as rx
+from .names import metric_names as mn
 from .progress import Stages
 
 SCRIPTS = os.path.join(rx.ROOT, "scripts")
+DEC_FWD = mn.nfe_key(dict(mn.SIDES)["decoder"], mn.FORWARD)  # the NFE the summary prints
 
 COLUMNS = ("config", "scale", "status", "stop_reason", "best_valid_loss", "best_valid_nll_loss",
            "study_best_valid_loss", "epochs", "updates", "wall_seconds",
-           "nfe_enc_fwd_mean", "nfe_enc_bwd_mean", "nfe_dec_fwd_mean", "nfe_dec_bwd_mean",
-           "node_skipped")
+           *(f"{k}_mean" for k in rx.NFE_KEYS), mn.SKIPPED)
 
 
 def row_of(summary: dict) -> dict:
@@ -119,11 +120,11 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     print(f"{'config':40s} {'status':7s} {'best':>7s} {'study':>6s} {'updates':>8s} {'wall_s':>8s} "
-          f"{'nfe_dec_fwd':>11s}")
+          f"{DEC_FWD:>11s}")
     for r in rows:
         print(f"{r['config']:40s} {r['status']:7s} {str(r['best_valid_loss']):>7s} "
               f"{str(r['study_best_valid_loss']):>6s} {str(r['updates']):>8s} "
-              f"{str(r['wall_seconds']):>8s} {str(r['nfe_dec_fwd_mean']):>11s}")
+              f"{str(r['wall_seconds']):>8s} {str(r[DEC_FWD + '_mean']):>11s}")
     print(f"run_all: table in {table}" + (f"; failed: {', '.join(failed)}" if failed else ""),
           file=sys.stderr)
     if todo:

@@ -36,6 +36,9 @@ import time
 from typing import Dict, List, Optional
 
 from . import runner as rx
+from .files import table, write_json
+from .models import SIZES, build_model, write_dicts
+from .names import metric_names as mn
 from .progress import Stages, bar
 
 ROOT = rx.ROOT
@@ -113,26 +116,26 @@ def node_budget_minutes(classic_epochs: List[dict], classic_best: Optional[float
 
 
 def nfe_per_update(summary: dict, direction: str) -> Optional[float]:
-    means = [v["mean"] for k, v in summary.get("nfe_train_inner", {}).items() if k.endswith(direction)]
+    means = [v["mean"] for k, v in summary.get("nfe_train_inner", {}).items() if k.endswith("_" + direction)]
     return round(sum(means), 1) if means else None
 
 
 def row_of(name: str, summary: dict, epochs: List[dict], classic_best: Optional[float]) -> dict:
-    peak = summary.get("cuda_peak_mb") or summary.get("peak_rss_mb")
+    peak = summary.get(mn.CUDA_PEAK) or summary.get("peak_rss_mb")
     return {
         "name": name,
         "best_valid_loss": summary.get("best_valid_loss"),
         "seconds_to_classic_loss": (seconds_to_loss(epochs, classic_best)
                                     if classic_best is not None else None),
         "tokens_per_second": summary.get("tokens_per_second"),
-        "nfe_forward": nfe_per_update(summary, "_fwd"),
-        "nfe_backward": nfe_per_update(summary, "_bwd"),
+        "nfe_forward": nfe_per_update(summary, mn.FORWARD),
+        "nfe_backward": nfe_per_update(summary, mn.BACKWARD),
         "peak_memory_mb": peak,
-        "peak_memory_kind": "cuda_max_allocated" if summary.get("cuda_peak_mb") else "rss",
+        "peak_memory_kind": "cuda_max_allocated" if summary.get(mn.CUDA_PEAK) else "rss",
         "updates": summary.get("updates"),
         "epochs": summary.get("epochs"),
         "stop_reason": summary.get("stop_reason"),
-        "node_skipped": summary.get("node_skipped"),
+        mn.SKIPPED: summary.get(mn.SKIPPED),
         "command_line": summary.get("command_line"),
     }
 
@@ -183,27 +186,18 @@ def _release_free_heap() -> None:
 
 def memory_probe(backprop: str, tol: float, smoke: bool) -> dict:
     """One training step in this process; peak memory of the step over the memory before it."""
-    import torch
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     import tempfile
 
+    import torch
+
     torch.manual_seed(0)
-    dims = ["16", "32", "2"] if smoke else ["128", "256", "4"]
     with tempfile.TemporaryDirectory() as d:
-        for lang in ("src", "tgt"):
-            with open(os.path.join(d, f"dict.{lang}.txt"), "w") as f:
-                f.writelines(f"w{i} 1\n" for i in range(1000))
-        argv = [d, "--user-dir", rx.USER_DIR, "--task", "node_translation", "--source-lang", "src",
-                "--target-lang", "tgt", "--arch", "node_transformer", "--share-all-embeddings",
-                "--node-encoder", "--node-decoder", "--node-rtol", str(tol), "--node-atol", str(tol),
-                "--node-max-nfe", "0", "--node-backprop", backprop, "--dropout", "0.0",
-                "--encoder-embed-dim", dims[0], "--decoder-embed-dim", dims[0],
-                "--encoder-ffn-embed-dim", dims[1], "--decoder-ffn-embed-dim", dims[1],
-                "--encoder-attention-heads", dims[2], "--decoder-attention-heads", dims[2]]
-        args = options.parse_args_and_arch(options.get_training_parser(), argv)
-        task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
-        model = task.build_model(convert_namespace_to_omegaconf(args).model)
+        write_dicts(d, (f"w{i}" for i in range(1000)))
+        _, model, _ = build_model(
+            d, "--share-all-embeddings", "--node-encoder", "--node-decoder", "--node-rtol", str(tol),
+            "--node-atol", str(tol), "--node-max-nfe", "0", "--node-backprop", backprop,
+            "--dropout", "0.0", *SIZES["tiny" if smoke else "mini"])
+    from node_transformer.ode_block import ode_blocks
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     model.to(device).train()
@@ -219,6 +213,9 @@ def memory_probe(backprop: str, tol: float, smoke: bool) -> dict:
 
     step()  # first step: allocator caches and lazy initialisation out of the way
     model.zero_grad(set_to_none=True)
+    blocks = ode_blocks(model)
+    for b in blocks:
+        b.reset_record()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -234,9 +231,8 @@ def memory_probe(backprop: str, tol: float, smoke: bool) -> dict:
     start = time.time()
     step()
     seconds = time.time() - start
-    blocks = [m for m in model.modules() if type(m).__name__ == "ODEBlock"]
-    nfe_f = sum(b.solves[-1].nfe_forward for b in blocks)
-    nfe_b = sum(b.solves[-1].nfe_backward for b in blocks)
+    nfe_f = sum(b.nfe_record().nfe_forward for b in blocks)
+    nfe_b = sum(b.nfe_record().nfe_backward for b in blocks)
     if cuda:
         torch.cuda.synchronize()
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
@@ -273,19 +269,23 @@ def memory_vs_nfe(smoke: bool) -> List[dict]:
 # --------------------------------------------------------------------------------------------
 
 
+MEMORY_COLUMNS = ("backprop", "tol", "nfe_forward", "nfe_backward", "step_peak_mb")
+
+
+def _memory_cells(m: dict, peak) -> list:
+    return [m["backprop"], f"{m['tol']:g}", m["nfe_forward"], m["nfe_backward"], peak(m["step_peak_mb"])]
+
+
 def print_table(rows: List[dict], verdicts: dict, memory: List[dict]) -> None:
     cols = ("name", "best_valid_loss", "seconds_to_classic_loss", "tokens_per_second",
             "nfe_forward", "nfe_backward", "peak_memory_mb", "updates")
-    print(" | ".join(cols))
-    for r in rows:
-        print(" | ".join("-" if r[c] is None else str(r[c]) for c in cols))
+    print("\n".join(table(cols, [["-" if r[c] is None else r[c] for c in cols] for r in rows],
+                          markdown=False)))
     for name, v in verdicts.items():
         print(f"{name}: time to the classic's best loss = {v['time_ratio_to_classic_loss']} x the classic's; "
               f"throughput {v['tokens_per_second_ratio']} x; goal met: {v['goal_met']}")
     if memory:
-        print("backprop | tol | nfe_forward | nfe_backward | step_peak_mb")
-        for m in memory:
-            print(f"{m['backprop']} | {m['tol']:g} | {m['nfe_forward']} | {m['nfe_backward']} | {m['step_peak_mb']}")
+        print("\n".join(table(MEMORY_COLUMNS, [_memory_cells(m, str) for m in memory], markdown=False)))
 
 
 def markdown(doc: dict) -> str:
@@ -297,21 +297,19 @@ def markdown(doc: dict) -> str:
         lines += [f"Training budgets: classic {doc['budget_minutes']:g} min; each NODE configuration "
                   f"{doc['node_budget_minutes']:g} min ({doc['node_budget_factor']:g} x the classic's "
                   "time to its best loss).", ""]
-    lines += ["| configuration | best valid loss | s to classic's best | time ratio | tokens/s | "
-             "NFE fwd / update | NFE bwd / update | peak memory (MB) | updates | goal met |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("configuration", "best valid loss", "s to classic's best", "time ratio", "tokens/s",
+              "NFE fwd / update", "NFE bwd / update", "peak memory (MB)", "updates", "goal met")
+    cells = []
     for r in doc["configurations"]:
         v = doc["verdict"].get(r["name"], {})
-        lines.append(f"| {r['name']} | {f(r['best_valid_loss'])} | {f(r['seconds_to_classic_loss'])} | "
-                     f"{f(v.get('time_ratio_to_classic_loss', 1.0 if r['name'] == CLASSIC else None))} | "
-                     f"{f(r['tokens_per_second'])} | {f(r['nfe_forward'])} | {f(r['nfe_backward'])} | "
-                     f"{f(r['peak_memory_mb'])} | {f(r['updates'])} | {f(v.get('goal_met')) if v else 'reference'} |")
+        cells.append([r["name"], f(r["best_valid_loss"]), f(r["seconds_to_classic_loss"]),
+                      f(v.get("time_ratio_to_classic_loss", 1.0 if r["name"] == CLASSIC else None)),
+                      f(r["tokens_per_second"]), f(r["nfe_forward"]), f(r["nfe_backward"]),
+                      f(r["peak_memory_mb"]), f(r["updates"]), f(v.get("goal_met")) if v else "reference"])
+    lines += table(header, cells)
     if doc.get("memory_vs_nfe"):
-        lines += ["", "| backprop | tolerance | NFE forward | NFE backward | peak memory of the step (MB) |",
-                  "|---|---|---|---|---|"]
-        for m in doc["memory_vs_nfe"]:
-            lines.append(f"| {m['backprop']} | {m['tol']:g} | {m['nfe_forward']} | {m['nfe_backward']} | "
-                         f"{f(m['step_peak_mb'])} |")
+        header = ("backprop", "tolerance", "NFE forward", "NFE backward", "peak memory of the step (MB)")
+        lines += [""] + table(header, [_memory_cells(m, f) for m in doc["memory_vs_nfe"]])
     return "\n".join(lines)
 
 
@@ -410,9 +408,7 @@ def main(argv=None) -> int:
         "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-    with open(a.json + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(a.json + ".tmp", a.json)
+    write_json(a.json, doc)
     print(f"{PROG}: wrote {a.json}", file=sys.stderr)
     return 0
 

@@ -27,10 +27,9 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from .configs import ROOT, USER_DIR
+from .files import write_json
 from .progress import bar
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-USER_DIR = os.path.join(ROOT, "node_transformer")
 PROG = "evaluate"
 
 
@@ -179,12 +178,6 @@ def score(ordered: List[str], ref: Optional[str], subset: str) -> tuple:
     return ({"bleu": round(result.score, 2), "signature": str(bleu.get_signature()),
              "score_line": str(result)},
             f"{result} ({bleu.get_signature()})")
-
-
-def write_json(path: str, data: dict) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def main(argv=None) -> int:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from typing import Dict, List, Optional
 
+from .files import replaced_atomically
+from .names import metric_names as mn
+
 RUNNER = "run_experiment"  # the runner's name in the lines it writes into train.log
-NFE_KEYS = ("nfe_enc_fwd", "nfe_enc_bwd", "nfe_dec_fwd", "nfe_dec_bwd")
-POLICY_COUNTERS = ("node_fixed_step", "node_deferred", "node_replayed")  # --node-on-budget
-PENALTY_KEYS = ("rnode_kinetic", "rnode_jacobian")
+NFE_KEYS = mn.NFE_KEYS
+POLICY_COUNTERS = mn.POLICY_COUNTERS  # --node-on-budget
+PENALTY_KEYS = mn.PENALTY_KEYS
 EPOCH_COLUMNS = (
     ["epoch", "train_loss", "valid_loss", "best_valid_loss", "wall_seconds", "updates",
      "train_nll_loss", "valid_nll_loss"]
     + [f"train_{k}" for k in NFE_KEYS] + [f"valid_{k}" for k in NFE_KEYS]
-    + ["node_skipped", "valid_node_skipped"]
+    + [mn.SKIPPED, f"valid_{mn.SKIPPED}"]
     + list(POLICY_COUNTERS) + [f"train_{k}" for k in PENALTY_KEYS] + ["train_wps"]
 )
 
@@ -119,8 +121,8 @@ def epoch_rows(parsed: dict) -> List[Dict[str, object]]:
             row[f"train_{k}"] = t.get(k, "")
             row[f"valid_{k}"] = v.get(k, "")
         node = any(k in t or k in v for k in NFE_KEYS)
-        row["node_skipped"] = t.get("node_skipped", 0 if node and t else "")
-        row["valid_node_skipped"] = v.get("node_skipped", 0 if node and v else "")
+        row[mn.SKIPPED] = t.get(mn.SKIPPED, 0 if node and t else "")
+        row[f"valid_{mn.SKIPPED}"] = v.get(mn.SKIPPED, 0 if node and v else "")
         for k in POLICY_COUNTERS:
             row[k] = t.get(k, 0 if node and t else "")
         for k in PENALTY_KEYS:
@@ -131,11 +133,10 @@ def epoch_rows(parsed: dict) -> List[Dict[str, object]]:
 
 
 def write_epochs_csv(path: str, rows: List[dict]) -> None:
-    with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+    with replaced_atomically(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=EPOCH_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    os.replace(path + ".tmp", path)
 
 
 def nfe_stats(records: List[dict]) -> Dict[str, dict]:

@@ -32,12 +32,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import fairseq_log as rx  # noqa: E402
+from .names import metric_names as mn  # noqa: E402
 
 PROG = "plot_results"
 LOSS_LABEL = "loss (base 2, bits/token)"
 NFE_STYLE = {  # key: (panel, solve, line style)
-    "nfe_dec_fwd": ("decoder", "forward", "-"), "nfe_dec_bwd": ("decoder", "backward", "--"),
-    "nfe_enc_fwd": ("encoder", "forward", "-"), "nfe_enc_bwd": ("encoder", "backward", "--")}
+    mn.nfe_key(tag, d): (side, solve, style)
+    for side, tag in reversed(mn.SIDES)
+    for d, solve, style in ((mn.FORWARD, "forward", "-"), (mn.BACKWARD, "backward", "--"))}
 
 
 def warn(msg: str) -> None:

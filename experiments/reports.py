@@ -11,6 +11,9 @@ import json
 import os
 import sys
 
+from .files import table
+from .names import metric_names as mn
+
 
 def fmt(x, digits=3):
     return "-" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
@@ -35,9 +38,8 @@ def row(run_dir):
     return [name, fmt(s["updates"]), fmt(s["epochs"]), f"{s['wall_seconds'] / 60:.1f}",
             fmt(s["best_valid_loss"]), fmt(s.get("best_valid_nll_loss")),
             fmt(bleu, 1) if isinstance(bleu, float) else fmt(bleu),
-            nfe_cell(nfe, "nfe_enc_fwd"), nfe_cell(nfe, "nfe_enc_bwd"),
-            nfe_cell(nfe, "nfe_dec_fwd"), nfe_cell(nfe, "nfe_dec_bwd"),
-            fmt(s.get("node_skipped")), fmt(study.get("best_valid_loss")),
+            *(nfe_cell(nfe, k) for k in mn.NFE_KEYS),
+            fmt(s.get(mn.SKIPPED)), fmt(study.get("best_valid_loss")),
             fmt(study.get("train_hours"))]
 
 
@@ -50,13 +52,13 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         sys.exit("usage: results_table.py RUN_DIR [RUN_DIR ...]")
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    rows = []
     for run_dir in argv:
         if not os.path.exists(os.path.join(run_dir, "summary.json")):
             print(f"results_table: warning: {run_dir}: no summary.json, skipped", file=sys.stderr)
             continue
-        lines.append("| " + " | ".join(row(run_dir)) + " |")
-    print("\n".join(lines))
+        rows.append(row(run_dir))
+    print("\n".join(table(HEADER, rows)))
     return 0
 
 

@@ -52,12 +52,13 @@ from .configs import (CONFIG_DIR, ROOT, SCALES, SMOKE_BUDGET_MINUTES, USER_DIR, 
                       validate_config)
 from .fairseq_log import (EPOCH_COLUMNS, NFE_KEYS, POLICY_COUNTERS, RUNNER, epoch_rows,  # noqa: F401
                           nfe_stats, parse_log, throughput, write_epochs_csv)
+from .files import write_json
+from .models import SIZES
+from .names import metric_names as mn
 
 PROG = RUNNER
 SMOKE_ARGS = [
-    "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
-    "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+    *SIZES["tiny"],
     "--max-tokens", "1024", "--lr", "1e-3", "--warmup-updates", "10", "--dropout", "0.1",
     "--max-epoch", "3", "--log-interval", "1",
 ]
@@ -150,11 +151,11 @@ def summarize(cfg: dict, scale: str, smoke: bool, parsed: dict, rows: List[dict]
     last_inner = parsed["train_inner"][-1] if parsed["train_inner"] else {}
     updates = max([r.get("num_updates", 0) for r in parsed["train"] + parsed["valid"]
                    + parsed["train_inner"] if isinstance(r.get("num_updates"), int)] or [0])
-    skipped = sum(r.get("node_skipped", 0) for r in parsed["train"]
-                  if isinstance(r.get("node_skipped"), (int, float)))
+    skipped = sum(r.get(mn.SKIPPED, 0) for r in parsed["train"]
+                  if isinstance(r.get(mn.SKIPPED), (int, float)))
     ckpt = os.path.join(run_dir, "checkpoints", "checkpoint_best.pt")
-    cuda = [r["cuda_peak_mb"] for r in parsed["train_inner"]
-            if isinstance(r.get("cuda_peak_mb"), (int, float))]
+    cuda = [r[mn.CUDA_PEAK] for r in parsed["train_inner"]
+            if isinstance(r.get(mn.CUDA_PEAK), (int, float))]
     return {
         "config": cfg["name"],
         "scale": scale,
@@ -173,12 +174,12 @@ def summarize(cfg: dict, scale: str, smoke: bool, parsed: dict, rows: List[dict]
         "budget_minutes": budget,
         "nfe_train_inner": nfe_stats(parsed["train_inner"]),
         "nfe_valid": nfe_stats(parsed["valid"]),
-        "node_skipped": skipped,
+        mn.SKIPPED: skipped,
         **{k: sum(r.get(k, 0) for r in parsed["train"] if isinstance(r.get(k), (int, float)))
            for k in POLICY_COUNTERS},
         "tokens_per_second": throughput(parsed["train_inner"]),
         "peak_rss_mb": peak_rss_mb(),
-        "cuda_peak_mb": max(cuda) if cuda else None,
+        mn.CUDA_PEAK: max(cuda) if cuda else None,
         "checkpoint_best": ckpt if os.path.exists(ckpt) else None,
         "study": cfg["study"],
         "data_bin": os.path.abspath(data_bin),
@@ -276,9 +277,7 @@ def finish(run_dir: str, cfg: dict, scale: str, smoke: bool, cmd: List[str], rc:
         reason = "max_epoch" if parsed["done"] else "unknown"
     summary = summarize(cfg, scale, smoke, parsed, rows, cmd, rc, wall, budget, reason,
                         data_bin, pair, run_dir)
-    with open(os.path.join(run_dir, "summary.json.tmp"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(os.path.join(run_dir, "summary.json.tmp"), os.path.join(run_dir, "summary.json"))
+    write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary
 
 

@@ -1,51 +1,24 @@
 """An ODE block: h(t1) = h(t0) + integral of f(t, h) dt, solved with odeint_ext.
 
-The block owns the solver settings, the NFE record and the RNODE/STEER options; the
-dynamics f live in dynamics.py, the penalties' rates in regularisers.py.
+The block holds its solver settings (odeint_ext.SolverSettings), the NFE record and the
+RNODE/STEER options; the dynamics f live in dynamics.py, the penalties' rates in
+regularisers.py. What a training loop needs of the blocks of a model is offered here:
+:func:`ode_blocks`, :meth:`ODEBlock.reset_record` / :meth:`ODEBlock.nfe_record`,
+:func:`fixed_step_fallback`, :func:`record_backward_overruns`, :func:`total_penalties`.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
 
-from odeint_ext import MaxNFEExceeded, SolveStats, is_adaptive, odeint_adjoint_ext, odeint_ext
+from odeint_ext import MaxNFEExceeded, SolverSettings, SolveStats
 
 from .regularisers import PenalisedDynamics, Regularisation
-
-
-@dataclass(frozen=True)
-class SolverConfig:
-    method: str = "dopri5"
-    rtol: float = 1e-2
-    atol: float = 1e-2
-    ts: Tuple[float, ...] = (0.0, 1.0)
-    max_num_steps: Optional[int] = None
-    max_nfe: Optional[int] = None
-    backprop: str = "adjoint"  # or "direct": backprop through the solver's operations
-    steps: Optional[int] = None  # fixed-grid methods: steps over the whole interval
-    first_step: Optional[float] = None  # adaptive methods: size of the first step tried
-    min_step: Optional[float] = None  # adaptive methods: steps this small are accepted
-    seminorm: bool = False  # adjoint backward: error norm without the parameter channels
-
-    def options(self) -> Optional[dict]:
-        if is_adaptive(self.method):
-            opts = {"max_num_steps": self.max_num_steps, "first_step": self.first_step,
-                    "min_step": self.min_step}
-            return {k: v for k, v in opts.items() if v} or None
-        if self.steps:
-            return {"step_size": (self.ts[-1] - self.ts[0]) / self.steps}
-        return None  # the grid is ts itself
-
-    def fixed_step(self, steps: int) -> "SolverConfig":
-        """The same solve on a grid of ``steps`` rk4 steps, without a budget: it cannot hang."""
-        return replace(self, method="rk4", steps=steps, max_nfe=None, first_step=None,
-                       min_step=None, seminorm=False)
 
 
 class _SolverView(nn.Module):
@@ -110,6 +83,34 @@ class _RealPositionsNorm:
         return self._masked_rms(x)
 
 
+def ode_blocks(module: Optional[nn.Module]) -> List["ODEBlock"]:
+    """The ODE blocks inside ``module`` (none for None)."""
+    return [m for m in module.modules() if isinstance(m, ODEBlock)] if module is not None else []
+
+
+@contextmanager
+def fixed_step_fallback(model: nn.Module, steps: int):
+    """Inside this context every ODE block of ``model`` solves with rk4 on ``steps`` steps,
+    unbounded (--node-on-budget fixed-step): a batch over budget can be solved again."""
+    blocks = ode_blocks(model)
+    for b in blocks:
+        b.fallback = b.solver.fixed_step(steps)
+    try:
+        yield
+    finally:
+        for b in blocks:
+            b.fallback = None
+
+
+def total_penalties(model: nn.Module) -> Dict[str, Tensor]:
+    """The RNODE penalties of the last forward, each summed over the blocks that integrated it."""
+    terms: Dict[str, list] = {}
+    for b in ode_blocks(model):
+        for name, value in b.penalties.items():
+            terms.setdefault(name, []).append(value)
+    return {name: sum(values) for name, values in terms.items()}
+
+
 @contextmanager
 def record_backward_overruns(model: nn.Module):
     """Backward solves over budget inside this context finish (with f = 0) instead of
@@ -117,7 +118,7 @@ def record_backward_overruns(model: nn.Module):
     backward, whose gradient all-reduces the other workers wait for, before all of them
     drop the batch together. The gradients of such a backward are garbage: discard them."""
     found: list = []
-    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
+    blocks = ode_blocks(model)
     for b in blocks:
         b.overruns = found
     try:
@@ -131,25 +132,36 @@ class ODEBlock(nn.Module):
     """Solves the dynamics over ``ts`` and returns the state at the last time.
 
     The adjoint is used only when gradients are needed; evaluation and generation solve
-    without it. Each solve's SolveStats is kept (the last few) for NFE logging. In training
-    with RNODE coefficients, ``penalties`` holds the last solve's integrated K and J.
-    ``fallback`` (set by the task, see --node-on-budget fixed-step) replaces ``solver``
+    without it. Each solve's SolveStats is kept (the last few in ``solves``): their sum since
+    :meth:`reset_record` is :meth:`nfe_record`. In training with RNODE coefficients,
+    ``penalties`` holds the last solve's integrated K and J (:func:`total_penalties` sums
+    them over a model). ``fallback`` (set by :func:`fixed_step_fallback`) replaces ``solver``
     while it is not None.
     """
 
-    def __init__(self, dynamics: nn.Module, solver: SolverConfig,
+    def __init__(self, dynamics: nn.Module, solver: SolverSettings,
                  reg: Regularisation = Regularisation()):
         super().__init__()
         self.dynamics = dynamics
         self.solver = solver
         self.reg = reg
-        self.fallback: Optional[SolverConfig] = None
+        self.fallback: Optional[SolverSettings] = None
         self.register_buffer("ts", torch.tensor(solver.ts, dtype=torch.float64), persistent=False)
         self.solves: deque = deque(maxlen=64)
         # None: a backward over budget raises MaxNFEExceeded. A list (see
         # record_backward_overruns): the backward finishes and the overrun is put there.
         self.overruns: Optional[list] = None
         self.penalties: Dict[str, Tensor] = {}
+
+    def reset_record(self) -> None:
+        """Forget the solves so far: :meth:`nfe_record` counts from here."""
+        self.solves.clear()
+
+    def nfe_record(self) -> SolveStats:
+        """Function evaluations of the solves since :meth:`reset_record`, forward and backward
+        (the backward's grow while an adjoint backward runs)."""
+        return SolveStats(nfe_forward=sum(s.nfe_forward for s in self.solves),
+                          nfe_backward=sum(s.nfe_backward for s in self.solves))
 
     def _times(self, like: Tensor) -> Tensor:
         ts = self.ts
@@ -165,15 +177,14 @@ class ODEBlock(nn.Module):
         s = self.fallback or self.solver
         stats = SolveStats()
         self.solves.append(stats)
-        options = s.options()
+        norm = None
         dtype = h0.dtype
         h0 = h0.float() if dtype in (torch.float16, torch.bfloat16) else h0
         if padding_mask is not None and bool(padding_mask.any()):
             keep = (~padding_mask).t().unsqueeze(-1).to(h0.dtype)
             inputs = dict(inputs, keep=keep)
-            if is_adaptive(s.method) and s.method != "scipy_solver":
-                options = dict(options or {}, norm=_RealPositionsNorm(keep))
-        kwargs = dict(rtol=s.rtol, atol=s.atol, method=s.method, options=options, stats=stats)
+            if s.takes_norm:
+                norm = _RealPositionsNorm(keep)
         ts = self._times(h0)
         func, y0 = _SolverView(self.dynamics, dtype, stats, s.max_nfe, self.overruns), h0
         penalised = self.training and self.reg.integrates_penalties and torch.is_grad_enabled()
@@ -183,10 +194,8 @@ class ODEBlock(nn.Module):
             y0 = (h0, h0.new_zeros(1), h0.new_zeros(1))
             if jacobian:
                 inputs = dict(inputs, probe=torch.randn_like(h0))
-        if s.backprop == "adjoint" and torch.is_grad_enabled():
-            out = odeint_adjoint_ext(func, y0, ts, inputs=inputs, adjoint_seminorm=s.seminorm, **kwargs)
-        else:
-            out = odeint_ext(func, y0, ts, inputs=inputs, **kwargs)
+        # The budget is _SolverView's: a backward over it finishes when overruns are recorded.
+        out = s.solve(func, y0, ts, inputs=inputs, stats=stats, norm=norm, enforce_budget=False)
         if not penalised:
             self.penalties = {}
             return out[-1].to(dtype)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import re
 from typing import Tuple
 
-from odeint_ext import ADAPTIVE_METHODS, METHODS
+from odeint_ext import METHODS, SettingsError, SolverSettings
 
 from .dynamics import OUTPUT_INITS
-from .ode_block import SolverConfig
 from .regularisers import Regularisation
 
 DEFAULTS = dict(
@@ -43,8 +42,11 @@ DEFAULTS = dict(
 )
 
 ON_BUDGET = ("error", "skip", "fixed-step", "defer")
-# torchdiffeq's own adaptive Runge-Kutta solvers: they take first_step and min_step.
-RK_ADAPTIVE = tuple(m for m in ADAPTIVE_METHODS if m != "scipy_solver")
+# The flag of each field of odeint_ext.SolverSettings: its errors are reported with these.
+SOLVER_FLAGS = dict(method="--node-method", rtol="--node-rtol", atol="--node-atol", ts="--node-ts",
+                    max_num_steps="--node-max-num-steps", max_nfe="--node-max-nfe",
+                    backprop="--node-backprop", steps="--node-steps", first_step="--node-first-step",
+                    min_step="--node-min-step", seminorm="--node-adjoint-seminorm")
 
 
 class NodeArgumentError(ValueError):
@@ -142,12 +144,6 @@ def check_node_args(args) -> None:
         raise NodeArgumentError("--node-reproduce-frozen-encoder requires --node-decoder")
     if args.node_augment_dims < 0:
         raise NodeArgumentError(f"--node-augment-dims must be >= 0, got {args.node_augment_dims}")
-    for flag, value in (("--node-rtol", args.node_rtol), ("--node-atol", args.node_atol)):
-        if not value > 0:
-            raise NodeArgumentError(f"{flag} must be > 0, got {value}")
-    if args.node_method not in METHODS:
-        raise NodeArgumentError(
-            f"--node-method {args.node_method!r} is unknown; choose one of: {', '.join(METHODS)}")
     if args.node_dynamics not in ("study", "prenorm"):
         raise NodeArgumentError(f"--node-dynamics must be study or prenorm, got {args.node_dynamics!r}")
     if args.node_output_init not in OUTPUT_INITS:
@@ -156,42 +152,18 @@ def check_node_args(args) -> None:
         raise NodeArgumentError("--node-output-init applies to --node-dynamics prenorm only")
     if args.node_dynamics == "prenorm" and args.node_time_dependent:
         raise NodeArgumentError("--node-time-dependent is not available with --node-dynamics prenorm")
-    if args.node_backprop not in ("adjoint", "direct"):
-        raise NodeArgumentError(f"--node-backprop must be adjoint or direct, got {args.node_backprop!r}")
-    for flag, value in (("--node-max-num-steps", args.node_max_num_steps),
-                        ("--node-steps", args.node_steps)):
-        if value is not None and value < 1:
-            raise NodeArgumentError(f"{flag} must be >= 1, got {value}")
     if args.node_max_nfe is not None and args.node_max_nfe < 0:
         raise NodeArgumentError(f"--node-max-nfe must be >= 0 (0 = unbounded), got {args.node_max_nfe}")
     ts = parse_ts(args.node_ts)
-    if args.node_steps is not None and args.node_method in ADAPTIVE_METHODS:
-        raise NodeArgumentError(f"--node-steps applies to fixed-grid methods; --node-method "
-                                f"{args.node_method} chooses its own steps")
-    if args.node_max_num_steps is not None and args.node_method not in ADAPTIVE_METHODS:
-        raise NodeArgumentError(f"--node-max-num-steps applies to adaptive methods; --node-method "
-                                f"{args.node_method} takes a fixed number of steps (--node-steps)")
-    if args.node_method == "scipy_solver" and args.node_backprop == "direct":
-        raise NodeArgumentError("--node-method scipy_solver cannot backpropagate through its steps "
-                                "(scipy is outside autograd): use --node-backprop adjoint")
+    try:
+        solver_config(args)  # odeint_ext checks the solver settings, all together
+    except SettingsError as e:
+        raise NodeArgumentError(e.naming(SOLVER_FLAGS.get)) from None
     if args.node_on_budget not in ON_BUDGET:
         raise NodeArgumentError(
             f"--node-on-budget must be one of {', '.join(ON_BUDGET)}, got {args.node_on_budget!r}")
     if args.node_fallback_steps < 1:
         raise NodeArgumentError(f"--node-fallback-steps must be >= 1, got {args.node_fallback_steps}")
-    adaptive = args.node_method in RK_ADAPTIVE
-    for flag, value, low in (("--node-first-step", args.node_first_step, "> 0"),
-                             ("--node-min-step", args.node_min_step, ">= 0")):
-        if value is None:
-            continue
-        if not (value > 0 if low == "> 0" else value >= 0):
-            raise NodeArgumentError(f"{flag} must be {low}, got {value}")
-        if not adaptive:
-            raise NodeArgumentError(f"{flag} needs an adaptive Runge-Kutta --node-method "
-                                    f"({', '.join(RK_ADAPTIVE)}), got {args.node_method!r}")
-    if args.node_adjoint_seminorm and (args.node_backprop != "adjoint" or not adaptive):
-        raise NodeArgumentError("--node-adjoint-seminorm needs --node-backprop adjoint and an "
-                                f"adaptive Runge-Kutta --node-method, got {args.node_backprop} / {args.node_method}")
     for flag, value in (("--node-kinetic-energy", args.node_kinetic_energy),
                         ("--node-jacobian-norm", args.node_jacobian_norm),
                         ("--node-steer-b", args.node_steer_b)):
@@ -208,8 +180,9 @@ def check_node_args(args) -> None:
                                     "no ODE block would use it")
 
 
-def solver_config(args) -> SolverConfig:
-    return SolverConfig(
+def solver_config(args) -> SolverSettings:
+    """The solver settings of the flags (odeint_ext raises SettingsError if they cannot work)."""
+    return SolverSettings(
         method=args.node_method,
         rtol=args.node_rtol,
         atol=args.node_atol,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import contextmanager
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -28,25 +27,21 @@ from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from odeint_ext import MaxNFEExceeded, ODESolveError
+from odeint_ext import ODESolveError
 
-from .ode_block import ODEBlock, record_backward_overruns
+from .metric_names import (BACKWARD, BATCHES, COUNTERS, CUDA_PEAK, DEFERRED, FIXED_STEP, FORWARD,
+                           NFE_PREFIX, PENALTY_PREFIX, REPLAYED, SIDES, SKIPPED, VALID_COUNTERS,
+                           nfe_key, penalty_key)
+from .ode_block import fixed_step_fallback, ode_blocks, record_backward_overruns, total_penalties
 from .options import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
-SIDES = (("encoder", "enc"), ("decoder", "dec"))
-COUNTERS = ("node_skipped", "node_fixed_step", "node_deferred", "node_replayed")
-VALID_COUNTERS = ("node_skipped", "node_fixed_step")
+# The coefficient flag of each RNODE penalty.
 PENALTIES = (("kinetic", "node_kinetic_energy"), ("jacobian", "node_jacobian_norm"))
-BATCHES = "node_batches"  # batches whose NFE a log holds: the divisor of the NFE means
 # What a failed solve looks like: the budget, the non-finite guard and torchdiffeq's own
 # asserts, which odeint_ext turns into ODESolveError (in the adjoint backward too).
 SOLVER_ERRORS = (ODESolveError,)
-
-
-def _blocks(module):
-    return [m for m in module.modules() if isinstance(m, ODEBlock)] if module is not None else []
 
 
 def _setting(model, name):
@@ -55,35 +50,21 @@ def _setting(model, name):
 
 
 def reset_nfe(model) -> None:
-    for block in _blocks(model):
-        block.solves.clear()
+    for block in ode_blocks(model):
+        block.reset_record()
 
 
 def collect_nfe(model, backward: bool) -> Dict[str, int]:
     """NFE of each NODE side since the last reset, summed over its blocks and solves."""
     out = {}
     for side, tag in SIDES:
-        blocks = _blocks(getattr(model, side, None))
-        if not blocks:
+        records = [b.nfe_record() for b in ode_blocks(getattr(model, side, None))]
+        if not records:
             continue
-        solves = [s for b in blocks for s in b.solves]
-        out[f"nfe_{tag}_fwd"] = sum(s.nfe_forward for s in solves)
+        out[nfe_key(tag, FORWARD)] = sum(r.nfe_forward for r in records)
         if backward:
-            out[f"nfe_{tag}_bwd"] = sum(s.nfe_backward for s in solves)
+            out[nfe_key(tag, BACKWARD)] = sum(r.nfe_backward for r in records)
     return out
-
-
-@contextmanager
-def fixed_step_solves(model, steps: int):
-    """Every ODE block solves with rk4 on ``steps`` steps, unbounded, inside the block."""
-    blocks = _blocks(model)
-    for b in blocks:
-        b.fallback = b.solver.fixed_step(steps)
-    try:
-        yield
-    finally:
-        for b in blocks:
-            b.fallback = None
 
 
 class PenalisedCriterion:
@@ -100,13 +81,13 @@ class PenalisedCriterion:
     def __call__(self, model, sample):
         loss, sample_size, log = self.criterion(model, sample)
         total, logged = 0.0, {}
+        terms = total_penalties(model)
         for name, flag in PENALTIES:
             coef = _setting(model, flag)
-            terms = [b.penalties[name] for b in _blocks(model) if name in b.penalties]
-            if coef > 0 and terms:
-                term = sum(terms)
+            if coef > 0 and name in terms:
+                term = terms[name]
                 total = total + coef * term
-                logged[f"rnode_{name}"] = float(term.detach())
+                logged[penalty_key(name)] = float(term.detach())
         if logged:
             loss = loss + total * sample_size
             log.update(logged)
@@ -203,14 +184,14 @@ class NODETranslationTask(TranslationTask):
         if getattr(criterion, "report_accuracy", False):
             keys.update(n_correct=0, total=0)
         for side, tag in SIDES:
-            if _blocks(getattr(model, side, None)):
-                keys[f"nfe_{tag}_fwd"] = 0
+            if ode_blocks(getattr(model, side, None)):
+                keys[nfe_key(tag, FORWARD)] = 0
                 if training:
-                    keys[f"nfe_{tag}_bwd"] = 0
+                    keys[nfe_key(tag, BACKWARD)] = 0
         if training:
             for name, flag in PENALTIES:
                 if _setting(model, flag) > 0:
-                    keys[f"rnode_{name}"] = 0.0
+                    keys[penalty_key(name)] = 0.0
         keys.update(dict.fromkeys(COUNTERS if training else VALID_COUNTERS, 0))
         return keys
 
@@ -276,17 +257,18 @@ class NODETranslationTask(TranslationTask):
             if policy == "fixed-step":
                 steps = _setting(model, "node_fallback_steps")
                 logger.warning("solving the batch again with rk4, %d steps: %s", steps, error)
-                with fixed_step_solves(model, steps):
+                with fixed_step_fallback(model, steps):
                     out, again = self._attempt(sample, model, criterion, optimizer, update_num, ignore_grad)
                 if again is not None:  # rk4 on a fixed grid failed too (non-finite state)
                     raise again
-                out = _merge(out, (0, 0, {**failed_nfe, "node_fixed_step": 1}))
+                out = _merge(out, (0, 0, {**failed_nfe, FIXED_STEP: 1}))
             else:
                 deferred = policy == "defer" and not ignore_grad
                 if deferred:
                     self._deferred.append(utils.move_to_cpu(sample))
-                counter = "node_deferred" if deferred else "node_skipped"
-                logger.warning("%s batch of %d sentences: %s", counter[5:], sample.get("nsentences", 0), error)
+                counter = DEFERRED if deferred else SKIPPED
+                logger.warning("%s batch of %d sentences: %s", "deferred" if deferred else "skipped",
+                               sample.get("nsentences", 0), error)
                 _sync_restored_grads(model)
                 log = {**failed_nfe, BATCHES: 1, counter: 1}
                 return torch.zeros(()), 0, self._shaped(log, model, criterion, True)
@@ -315,10 +297,10 @@ class NODETranslationTask(TranslationTask):
         if error is not None:
             logger.warning("dropping a deferred batch, over budget again: %s", error)
             _sync_restored_grads(model)
-            return _merge(out, (0, 0, {"node_skipped": int(mine)}))
+            return _merge(out, (0, 0, {SKIPPED: int(mine)}))
         if not mine:
             return out
-        return _merge(out, (again[0], again[1], {**again[2], "node_replayed": 1}))
+        return _merge(out, (again[0], again[1], {**again[2], REPLAYED: 1}))
 
     def optimizer_step(self, optimizer, model, update_num):
         skip = self._live_batches == 0
@@ -342,11 +324,11 @@ class NODETranslationTask(TranslationTask):
             if policy == "error":
                 raise _stop(e) from None
             if policy != "fixed-step":
-                log = {**collect_nfe(model, backward=False), BATCHES: 1, "node_skipped": 1}
+                log = {**collect_nfe(model, backward=False), BATCHES: 1, SKIPPED: 1}
                 return torch.zeros(()), 0, self._shaped(log, model, criterion, False)
-            with fixed_step_solves(model, _setting(model, "node_fallback_steps")):
+            with fixed_step_fallback(model, _setting(model, "node_fallback_steps")):
                 loss, sample_size, log = super().valid_step(sample, model, criterion)
-            log["node_fixed_step"] = 1
+            log[FIXED_STEP] = 1
         log.update(collect_nfe(model, backward=False))
         log[BATCHES] = 1
         return loss, sample_size, self._shaped(log, model, criterion, False)
@@ -362,17 +344,17 @@ class NODETranslationTask(TranslationTask):
                 metrics.log_scalar(key, math.inf, 0, round=3)
         batches = sum(log.get(BATCHES, 0) for log in logging_outputs)
         keys = sorted({k for log in logging_outputs for k in log
-                       if k.startswith("nfe_") or k.startswith("rnode_")})
+                       if k.startswith(NFE_PREFIX) or k.startswith(PENALTY_PREFIX)})
         for key in keys:
             total = sum(log.get(key, 0) for log in logging_outputs)
             # Mean per batch (summed over a side's blocks), over batches and workers: fairseq
             # may hand over the logs of all workers already summed into one.
             if batches:
                 metrics.log_scalar(key, total / batches, batches,
-                                   round=3 if key.startswith("rnode") else 1)
+                                   round=3 if key.startswith(PENALTY_PREFIX) else 1)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             # fairseq resets the peak after each update: the meter keeps the interval's max.
-            metrics.log_custom(PeakMeter, "cuda_peak_mb", torch.cuda.max_memory_allocated() / 2 ** 20)
+            metrics.log_custom(PeakMeter, CUDA_PEAK, torch.cuda.max_memory_allocated() / 2 ** 20)
         for key in COUNTERS:
             count = sum(log.get(key, 0) for log in logging_outputs)
             if count:

@@ -10,6 +10,8 @@ FIXED_GRID_METHODS = (
     "explicit_adams", "implicit_adams", "fixed_adams",
 )
 METHODS = ADAPTIVE_METHODS + FIXED_GRID_METHODS
+# torchdiffeq's own adaptive Runge-Kutta solvers: they take first_step, min_step and a norm.
+RK_ADAPTIVE_METHODS = tuple(m for m in ADAPTIVE_METHODS if m != "scipy_solver")
 
 
 def is_adaptive(method: str) -> bool:

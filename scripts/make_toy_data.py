@@ -13,6 +13,9 @@ import os
 import random
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout first
+from experiments.files import replaced_atomically  # noqa: E402
+
 
 def make_pairs(n, rng, vocab, min_len, max_len):
     lexicon = {w: w.upper() + "x" for w in vocab}
@@ -41,9 +44,8 @@ def main(argv=None):
         pairs = list(make_pairs(n, rng, vocab, a.min_len, a.max_len))
         for side, idx in (("src", 0), ("tgt", 1)):
             path = os.path.join(a.outdir, f"{split}.{side}")
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
+            with replaced_atomically(path) as f:
                 f.writelines(pair[idx] + "\n" for pair in pairs)
-            os.replace(path + ".tmp", path)
     print(f"wrote {a.train}/{a.valid}/{a.test} pairs to {a.outdir}", file=sys.stderr)
 
 

@@ -22,10 +22,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from fairseq import options, tasks  # noqa: E402
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
-
-import node_transformer  # noqa: E402,F401
+from experiments.models import SIZES, build_model, write_dicts  # noqa: E402
 from node_transformer.task import collect_nfe, reset_nfe  # noqa: E402
 
 VARIANTS = {
@@ -37,23 +34,11 @@ VARIANTS = {
     "node-separated-aug1-time": ["--node-decoder", "--node-separated-decoder", "--encoder-layers",
                                  "1", "--node-augment-dims", "1", "--node-time-dependent"],
 }
-BASE = ["--encoder-embed-dim", "512", "--decoder-embed-dim", "512", "--encoder-ffn-embed-dim",
-        "2048", "--decoder-ffn-embed-dim", "2048", "--encoder-attention-heads", "8",
-        "--decoder-attention-heads", "8"]
-TINY = ["--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim",
-        "32", "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
-        "--decoder-attention-heads", "2"]
 
 
-def build(variant, sizes, vocab, data_dir, tol):
-    argv = [data_dir, "--user-dir", os.path.join(ROOT, "node_transformer"), "--task",
-            "node_translation", "--source-lang", "src", "--target-lang", "tgt", "--arch",
-            "node_transformer", "--share-all-embeddings", "--dropout", "0.1",
-            "--node-rtol", str(tol), "--node-atol", str(tol), *sizes, *VARIANTS[variant]]
-    args = options.parse_args_and_arch(options.get_training_parser(), argv)
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    return task.build_model(cfg.model)
+def build(variant, sizes, data_dir, tol):
+    return build_model(data_dir, "--share-all-embeddings", "--dropout", "0.1", "--node-rtol",
+                       str(tol), "--node-atol", str(tol), *sizes, *VARIANTS[variant])[1]
 
 
 def time_variant(model, device, batch, src_len, tgt_len, vocab, seconds):
@@ -105,13 +90,11 @@ def main(argv=None):
     a = p.parse_args(argv)
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as data_dir:
-        for lang in ("src", "tgt"):
-            with open(os.path.join(data_dir, f"dict.{lang}.txt"), "w") as f:
-                f.writelines(f"t{i} 1\n" for i in range(a.vocab - 4))
+        write_dicts(data_dir, (f"t{i}" for i in range(a.vocab - 4)))
         rows = []
         for variant in a.variants:
             torch.manual_seed(0)
-            model = build(variant, TINY if a.tiny else BASE, a.vocab, data_dir, a.tol)
+            model = build(variant, SIZES["tiny" if a.tiny else "base"], data_dir, a.tol)
             row = {"variant": variant, **time_variant(model, device, a.batch, a.src_len,
                                                       a.tgt_len, a.vocab, a.seconds)}
             rows.append(row)

@@ -1,5 +1,12 @@
+import os
+import sys
+
 import pytest
 import torch
+
+# This checkout's packages and harness (experiments/) first, whatever directory pytest runs
+# from: tests import them, and ROOT from experiments.configs.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def pytest_configure(config):

@@ -6,15 +6,13 @@ import sys
 from dataclasses import replace
 
 import torch
-from fairseq import options, tasks
 from fairseq.data import LanguagePairDataset
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import node_transformer  # noqa: F401  (registers model and task)
+from experiments import models
+from experiments.configs import ROOT, USER_DIR  # noqa: F401
 from node_transformer.ode_block import ODEBlock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-USER_DIR = os.path.join(ROOT, "node_transformer")
 BIN = os.path.dirname(sys.executable)
 WORDS = [f"w{i}" for i in range(12)]
 
@@ -27,33 +25,19 @@ VARIANTS = {
                            "--node-augment-dims", "1", "--node-time-dependent"],
 }
 
-TINY = [
-    "--encoder-embed-dim", "8", "--decoder-embed-dim", "8",
-    "--encoder-ffn-embed-dim", "16", "--decoder-ffn-embed-dim", "16",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-    "--share-all-embeddings",
-]
+SIZES = models.SIZES
+TINY = [*SIZES["test"], "--share-all-embeddings"]
 
 
 def write_dicts(path):
     """A joined src/tgt dictionary, all fairseq's TranslationTask needs to set up."""
-    os.makedirs(path, exist_ok=True)
-    for lang in ("src", "tgt"):
-        with open(os.path.join(path, f"dict.{lang}.txt"), "w") as f:
-            f.writelines(f"{w} 10\n" for w in WORDS)
-    return path
+    return models.write_dicts(path, WORDS, count=10)
 
 
 def build(data_dir, *flags, dtype=torch.float64):
     """(task, model, args) from command-line flags, as fairseq-train would build them."""
-    argv = [data_dir, "--user-dir", USER_DIR, "--task", "node_translation",
-            "--source-lang", "src", "--target-lang", "tgt",
-            "--arch", "node_transformer", *TINY, *flags]
-    args = options.parse_args_and_arch(options.get_training_parser(), argv)
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model).to(dtype)
-    return task, model, args
+    task, model, args = models.build_model(data_dir, *TINY, *flags)
+    return task, model.to(dtype), args
 
 
 def batch(task, pairs):

@@ -7,10 +7,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from experiments import benchmark as bm  # noqa: E402
+from experiments import benchmark as bm
+from experiments.configs import ROOT
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fairseq_helpers import ROOT, USER_DIR, cli
+from fairseq_helpers import ROOT, SIZES, USER_DIR, cli
 from fairseq_helpers import VARIANTS as STUDY_VARIANTS
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -20,12 +20,7 @@ VARIANTS = {
     "prenorm-rk4-direct": ["--node-encoder", "--node-decoder", "--node-dynamics", "prenorm",
                            "--node-method", "rk4", "--node-steps", "2", "--node-backprop", "direct"],
 }
-MODEL = [
-    "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
-    "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-    "--share-all-embeddings", "--dropout", "0.1",
-]
+MODEL = [*SIZES["tiny"], "--share-all-embeddings", "--dropout", "0.1"]
 
 
 @pytest.fixture(scope="module")

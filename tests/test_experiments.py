@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = os.path.join(ROOT, "scripts")
-sys.path.insert(0, ROOT)
+from experiments import evaluation as ev
+from experiments import runner as rx
+from experiments.configs import ROOT
 
-from experiments import evaluation as ev  # noqa: E402
-from experiments import runner as rx  # noqa: E402
+SCRIPTS = os.path.join(ROOT, "scripts")
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 NAMES = [

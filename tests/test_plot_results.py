@@ -6,11 +6,10 @@ import struct
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = os.path.join(ROOT, "scripts")
-sys.path.insert(0, ROOT)
+from experiments import fairseq_log as rx
+from experiments.configs import ROOT
 
-from experiments import fairseq_log as rx  # noqa: E402
+SCRIPTS = os.path.join(ROOT, "scripts")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

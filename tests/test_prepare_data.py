@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments.configs import ROOT
+
 SCRIPT = os.path.join(ROOT, "scripts", "prepare_multi30k.py")
 REAL = "/work/shared/data/multi30k"
 SPLITS = {"train": 200, "valid": 20, "test2016": 20, "test2017": 20, "test2018": 20}
@@ -19,7 +20,6 @@ DE = "ein mann frau hund kind spielt läuft auf der straße im park mit ball rot
 
 
 def load_module():
-    sys.path.insert(0, ROOT)
     from experiments import multi30k
 
     return multi30k

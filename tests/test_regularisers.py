@@ -10,7 +10,8 @@ from fairseq.optim.sgd import SGD
 from torch import nn
 
 from fairseq_helpers import batch, build, set_solver, write_dicts
-from node_transformer.ode_block import ODEBlock, SolverConfig
+from node_transformer.ode_block import ODEBlock
+from odeint_ext import SolverSettings
 from node_transformer.options import NodeArgumentError, check_node_args, set_node_defaults
 from node_transformer.regularisers import Regularisation
 
@@ -33,13 +34,13 @@ class Linear(nn.Module):
         return self.a * h
 
 
-TIGHT = SolverConfig(rtol=1e-10, atol=1e-10)
+TIGHT = SolverSettings(rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backprop", ["adjoint", "direct"])
 def test_penalties_equal_their_closed_forms_and_get_gradients(backprop):
     a = 0.7
-    block = ODEBlock(Linear(a), SolverConfig(rtol=1e-10, atol=1e-10, backprop=backprop),
+    block = ODEBlock(Linear(a), SolverSettings(rtol=1e-10, atol=1e-10, backprop=backprop),
                      Regularisation(kinetic=1.0, jacobian=1.0)).train()
     torch.manual_seed(0)
     h0 = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
@@ -100,7 +101,7 @@ def test_kinetic_penalty_gradient_reaches_the_dynamics(data_dir):
 
 
 def test_steer_draws_the_end_time_in_training_only():
-    block = ODEBlock(Linear(0.1), SolverConfig(ts=(0.0, 0.5, 1.0)), Regularisation(steer_b=0.25))
+    block = ODEBlock(Linear(0.1), SolverSettings(ts=(0.0, 0.5, 1.0)), Regularisation(steer_b=0.25))
     like = torch.zeros(1, dtype=torch.float64)
     torch.manual_seed(0)
     block.train()
@@ -119,9 +120,9 @@ class Stiff(nn.Module):
 
 def test_min_step_bounds_the_steps_of_a_stiff_solve():
     h0 = torch.ones(3, dtype=torch.float64)
-    free = ODEBlock(Stiff(), SolverConfig(rtol=1e-8, atol=1e-8)).eval()
+    free = ODEBlock(Stiff(), SolverSettings(rtol=1e-8, atol=1e-8)).eval()
     free(h0)
-    bounded = ODEBlock(Stiff(), SolverConfig(rtol=1e-8, atol=1e-8, min_step=0.1, first_step=0.1)).eval()
+    bounded = ODEBlock(Stiff(), SolverSettings(rtol=1e-8, atol=1e-8, min_step=0.1, first_step=0.1)).eval()
     bounded(h0)
     nfe_free, nfe_bounded = free.solves[-1].nfe_forward, bounded.solves[-1].nfe_forward
     # dopri5: 6 evaluations a step, 10 steps of 0.1 (11 when rounding leaves a sliver),

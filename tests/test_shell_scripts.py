@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiments.configs import ROOT
+
 SHELL_DIR = os.path.join(ROOT, "scripts", "experiments")
 CONFIGS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "configs", "*.json")))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)
