@@ -96,13 +96,18 @@ class TransformerDynamics(nn.Module):
 
     post_norm = True
 
-    def _self_attn(self, x, self_attn_mask, self_padding_mask):
-        return self.self_attn(x, x, x, key_padding_mask=self_padding_mask,
+    def _self_attn(self, x, self_attn_mask, self_padding_mask, stage_cache=None):
+        # Cached decoding (incremental.StageCache): x is the newest position; the earlier
+        # positions' keys/values of this evaluation come from, and go back to, the cache.
+        state = stage_cache.next_state() if stage_cache is not None else None
+        return self.self_attn(x, x, x, key_padding_mask=self_padding_mask, incremental_state=state,
                               attn_mask=self_attn_mask, need_weights=False)[0]
 
-    def _encoder_attn(self, x, encoder_out, encoder_padding_mask):
-        return self.encoder_attn(x, encoder_out, encoder_out,
-                                 key_padding_mask=encoder_padding_mask, need_weights=False)[0]
+    def _encoder_attn(self, x, encoder_out, encoder_padding_mask, encoder_state=None):
+        # With a generation state, the encoder's keys/values are projected once (static_kv).
+        return self.encoder_attn(x, encoder_out, encoder_out, key_padding_mask=encoder_padding_mask,
+                                 incremental_state=encoder_state, static_kv=encoder_state is not None,
+                                 need_weights=False)[0]
 
     def _ffn(self, x, drop):
         x = drop("activation", self.activation_fn(self.fc1(x)), self.activation_dropout)
@@ -123,15 +128,17 @@ class StudyDynamics(TransformerDynamics):
         self_padding_mask: Optional[Tensor] = None,
         encoder_out: Optional[Tensor] = None,
         encoder_padding_mask: Optional[Tensor] = None,
+        stage_cache=None,
+        encoder_state: Optional[dict] = None,
     ) -> Tensor:
         x = h
         if self.time_dependent:
             tt = t.to(h.dtype).expand(h.shape[0], h.shape[1], self.heads)
             x = torch.cat([h, tt], dim=-1)
         if self.self_attn is not None:
-            x = self.self_attn_norm(drop("self_attn", self._self_attn(x, self_attn_mask, self_padding_mask)))
+            x = self.self_attn_norm(drop("self_attn", self._self_attn(x, self_attn_mask, self_padding_mask, stage_cache)))
         if self.encoder_attn is not None:
-            x = self.encoder_attn_norm(drop("encoder_attn", self._encoder_attn(x, encoder_out, encoder_padding_mask)))
+            x = self.encoder_attn_norm(drop("encoder_attn", self._encoder_attn(x, encoder_out, encoder_padding_mask, encoder_state)))
         return self.ffn_norm(self._ffn(x, drop))
 
 
@@ -172,13 +179,15 @@ class PreNormDynamics(TransformerDynamics):
         self_padding_mask: Optional[Tensor] = None,
         encoder_out: Optional[Tensor] = None,
         encoder_padding_mask: Optional[Tensor] = None,
+        stage_cache=None,
+        encoder_state: Optional[dict] = None,
     ) -> Tensor:
         x, f = h, None
         if self.self_attn is not None:
-            f = drop("self_attn", self._self_attn(self.self_attn_norm(x), self_attn_mask, self_padding_mask))
+            f = drop("self_attn", self._self_attn(self.self_attn_norm(x), self_attn_mask, self_padding_mask, stage_cache))
             x = h + f
         if self.encoder_attn is not None:
-            a = drop("encoder_attn", self._encoder_attn(self.encoder_attn_norm(x), encoder_out, encoder_padding_mask))
+            a = drop("encoder_attn", self._encoder_attn(self.encoder_attn_norm(x), encoder_out, encoder_padding_mask, encoder_state))
             f = a if f is None else f + a
             x = h + f
         a = self._ffn(self.ffn_norm(x), drop)
