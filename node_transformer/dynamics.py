@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from fairseq import utils
 from fairseq.modules import LayerNorm, MultiheadAttention
 from torch import Tensor, nn
@@ -104,10 +105,35 @@ class TransformerDynamics(nn.Module):
                               attn_mask=self_attn_mask, need_weights=False)[0]
 
     def _encoder_attn(self, x, encoder_out, encoder_padding_mask, encoder_state=None):
-        # With a generation state, the encoder's keys/values are projected once (static_kv).
+        if encoder_state is not None:
+            return self._encoder_attn_cached(x, encoder_out, encoder_padding_mask, encoder_state)
         return self.encoder_attn(x, encoder_out, encoder_out, key_padding_mask=encoder_padding_mask,
-                                 incremental_state=encoder_state, static_kv=encoder_state is not None,
                                  need_weights=False)[0]
+
+    def _encoder_attn_cached(self, x, encoder_out, encoder_padding_mask, state: dict):
+        """Encoder-attention in generation: the encoder's keys and values are projected once
+        per batch into ``state`` (its rows follow the beam: NODEDecoderLayer reorders them),
+        and each evaluation is one query projection, one fused attention, one output
+        projection. fairseq's attention takes several times as many small operations,
+        which is what an evaluation over one position per hypothesis costs."""
+        att = self.encoder_attn
+        heads, dim = att.num_heads, att.head_dim
+        if "key" not in state:
+            src_len, rows, _ = encoder_out.shape
+
+            def split(t):  # S x B x C -> B x heads x S x dim
+                return t.view(src_len, rows, heads, dim).permute(1, 2, 0, 3).contiguous()
+
+            state["key"], state["value"] = split(att.k_proj(encoder_out)), split(att.v_proj(encoder_out))
+            bias = encoder_out.new_zeros(rows, 1, 1, src_len)
+            if encoder_padding_mask is not None:
+                bias = bias.masked_fill(encoder_padding_mask.view(rows, 1, 1, src_len), float("-inf"))
+            state["bias"] = bias
+        tgt_len, rows, width = x.shape
+        q = att.q_proj(x).view(tgt_len, rows, heads, dim).permute(1, 2, 0, 3)
+        out = F.scaled_dot_product_attention(q, state["key"], state["value"], attn_mask=state["bias"],
+                                             scale=att.scaling)
+        return att.out_proj(out.permute(2, 0, 1, 3).reshape(tgt_len, rows, heads * dim))
 
     def _ffn(self, x, drop):
         x = drop("activation", self.activation_fn(self.fc1(x)), self.activation_dropout)

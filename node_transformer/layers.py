@@ -76,7 +76,7 @@ class NODEDecoderLayer(_NODELayer):
     solves the new position alone; the full layer needs a fixed-grid solve (``cacheable``)
     and attends, at each evaluation, to the earlier positions' keys/values of that same
     evaluation (incremental.StageCache). Both project the encoder output to keys/values once
-    per sentence, not once per evaluation.
+    per generated batch, not once per evaluation.
     """
 
     def __init__(self, cfg):
@@ -120,7 +120,11 @@ class NODEDecoderLayer(_NODELayer):
             if not self.cacheable():
                 raise ValueError("this NODE decoder layer cannot decode incrementally (its solver "
                                  "is not a fixed-grid Runge-Kutta method): recompute the prefix")
-            inputs["encoder_state"] = incremental_state
+            enc_state = self.get_incremental_state(incremental_state, "encoder_kv")
+            if enc_state is None:  # filled by the dynamics at the first evaluation
+                enc_state = {}
+                self.set_incremental_state(incremental_state, "encoder_kv", enc_state)
+            inputs["encoder_state"] = enc_state
         if self.self_attn is not None:
             residual = x
             x, _ = self.self_attn(x, x, x, key_padding_mask=self_attn_padding_mask,
@@ -147,3 +151,6 @@ class NODEDecoderLayer(_NODELayer):
         cache = self.get_incremental_state(incremental_state, "stages")
         if cache is not None:
             cache.reorder(self.block.dynamics.self_attn, new_order)
+        enc_state = self.get_incremental_state(incremental_state, "encoder_kv")
+        for key, value in (enc_state or {}).items():
+            enc_state[key] = value.index_select(0, new_order)
