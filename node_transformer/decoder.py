@@ -1,9 +1,13 @@
 """fairseq wiring of the NODE decoder: fairseq's own decoder, with ODE blocks as its layers."""
 
+import logging
+
 from fairseq.models.transformer import TransformerDecoderBase
 
 from .incremental import GenerationNFE, decoding_mode
 from .layers import NODEDecoderLayer
+
+logger = logging.getLogger(__name__)
 
 
 class NODETransformerDecoder(TransformerDecoderBase):
@@ -22,6 +26,7 @@ class NODETransformerDecoder(TransformerDecoderBase):
         super().__init__(cfg, dictionary, embed_tokens, *args, **kwargs)
         self.decoding = decoding_mode(cfg)
         self.generation_nfe = GenerationNFE()
+        self._announced = None
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return NODEDecoderLayer(cfg)
@@ -37,7 +42,15 @@ class NODETransformerDecoder(TransformerDecoderBase):
                 prev_output_tokens, encoder_out, None, full_context_alignment,
                 alignment_layer, alignment_heads,
             )
-        if self.cached_decoding():
+        cached = self.cached_decoding()
+        if self._announced != cached:  # once, and again if the setting changes
+            self._announced = cached
+            s = self.layers[0].block.fallback or self.layers[0].block.solver
+            solver = s.method + (f", {s.steps} steps" if s.steps else "")
+            logger.info("NODE decoder (%s): each generation step %s", solver,
+                        "solves the newest position only (cached)" if cached
+                        else "recomputes the whole prefix")
+        if cached:
             x, extra = self.extract_features_scriptable(
                 prev_output_tokens, encoder_out, incremental_state, full_context_alignment,
                 alignment_layer, alignment_heads,

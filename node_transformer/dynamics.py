@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from fairseq import utils
 from fairseq.modules import LayerNorm, MultiheadAttention
 from torch import Tensor, nn
@@ -112,28 +111,30 @@ class TransformerDynamics(nn.Module):
 
     def _encoder_attn_cached(self, x, encoder_out, encoder_padding_mask, state: dict):
         """Encoder-attention in generation: the encoder's keys and values are projected once
-        per batch into ``state`` (its rows follow the beam: NODEDecoderLayer reorders them),
-        and each evaluation is one query projection, one fused attention, one output
-        projection. fairseq's attention takes several times as many small operations,
-        which is what an evaluation over one position per hypothesis costs."""
+        per batch into ``state`` (rows x heads x ..., reordered with the beam by
+        NODEDecoderLayer), and each evaluation is a query projection, two batched products
+        and an output projection. fairseq's attention takes several times as many small
+        operations, which is what an evaluation over one position per hypothesis costs."""
         att = self.encoder_attn
         heads, dim = att.num_heads, att.head_dim
-        if "key" not in state:
+        if "key_t" not in state:
             src_len, rows, _ = encoder_out.shape
 
             def split(t):  # S x B x C -> B x heads x S x dim
-                return t.view(src_len, rows, heads, dim).permute(1, 2, 0, 3).contiguous()
+                return t.view(src_len, rows, heads, dim).permute(1, 2, 0, 3)
 
-            state["key"], state["value"] = split(att.k_proj(encoder_out)), split(att.v_proj(encoder_out))
-            bias = encoder_out.new_zeros(rows, 1, 1, src_len)
+            state["key_t"] = split(att.k_proj(encoder_out)).transpose(2, 3).contiguous()
+            state["value"] = split(att.v_proj(encoder_out)).contiguous()
+            bias = encoder_out.new_zeros(rows, heads, 1, src_len)
             if encoder_padding_mask is not None:
                 bias = bias.masked_fill(encoder_padding_mask.view(rows, 1, 1, src_len), float("-inf"))
             state["bias"] = bias
         tgt_len, rows, width = x.shape
-        q = att.q_proj(x).view(tgt_len, rows, heads, dim).permute(1, 2, 0, 3)
-        out = F.scaled_dot_product_attention(q, state["key"], state["value"], attn_mask=state["bias"],
-                                             scale=att.scaling)
-        return att.out_proj(out.permute(2, 0, 1, 3).reshape(tgt_len, rows, heads * dim))
+        key_t, value, bias = (state[k].flatten(0, 1) for k in ("key_t", "value", "bias"))
+        q = att.q_proj(x).view(tgt_len, rows * heads, dim).transpose(0, 1)
+        weights = torch.softmax(torch.baddbmm(bias, q, key_t, alpha=att.scaling), dim=-1)
+        out = torch.bmm(weights, value).transpose(0, 1).reshape(tgt_len, rows, heads * dim)
+        return att.out_proj(out)
 
     def _ffn(self, x, drop):
         x = drop("activation", self.activation_fn(self.fc1(x)), self.activation_dropout)

@@ -152,5 +152,5 @@ class NODEDecoderLayer(_NODELayer):
         if cache is not None:
             cache.reorder(self.block.dynamics.self_attn, new_order)
         enc_state = self.get_incremental_state(incremental_state, "encoder_kv")
-        for key, value in (enc_state or {}).items():
+        for key, value in (enc_state or {}).items():  # rows first
             enc_state[key] = value.index_select(0, new_order)

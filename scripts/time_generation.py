@@ -207,6 +207,8 @@ def main(argv=None):
     p.add_argument("--max-len-b", type=int, default=10, help="with --data-bin (default 10)")
     p.add_argument("--fixed-grid", default="rk4:4", metavar="METHOD:STEPS",
                    help="fixed grid offered to adaptive full NODE decoders (default rk4:4)")
+    p.add_argument("--skip-recompute", action="store_true",
+                   help="do not time the recompute mode where a faster one exists (it is slow)")
     p.add_argument("--repeats", type=int, default=3, help="rounds; the fastest is kept (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     p.add_argument("--json", help="also write the rows to this file")
@@ -253,7 +255,10 @@ def main(argv=None):
                                      batch_size, device)
         gen_args = argparse.Namespace(beam=a.beam, **gen_opts)
         generator = task.build_generator([model], gen_args)
-        for mode in modes_of(model, a.fixed_grid):
+        modes = modes_of(model, a.fixed_grid)
+        if a.skip_recompute and len(modes) > 1:
+            modes = [m for m in modes if m != "recompute"]
+        for mode in modes:
             runs.append((name, mode, task, model, generator, batches))
 
     best: Dict[tuple, dict] = {}
