@@ -173,7 +173,19 @@ SENTENCES = [("w1 w2 w3 w4", ""), ("w3 w2", ""), ("w7", ""), ("w5 w6 w1 w9 w10 w
 @pytest.mark.parametrize("case", GEN_CASES)
 @pytest.mark.parametrize("mode", ["beam5", "sampling", "prefix"])
 def test_sequence_generator_cached_equals_recomputed(data_dir, case, mode):
+    check_generation(data_dir, case, mode, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", ["full-prenorm-midpoint", "separated-aug-time-rk4"])
+def test_sequence_generator_cached_equals_recomputed_on_cuda(data_dir, case):
+    check_generation(data_dir, case, "beam5", torch.device("cuda"))
+
+
+def check_generation(data_dir, case, mode, device):
     task, model, args = model_for(data_dir, CASES[case][0], dtype=torch.float32)
+    model.to(device)
     # Untrained models rarely stop: make EOS win where the decoder's first feature is
     # positive, so that hypotheses and sentences end at different steps.
     eos = task.target_dictionary.eos()
@@ -188,12 +200,13 @@ def test_sequence_generator_cached_equals_recomputed(data_dir, case, mode):
 
     model.decoder.output_projection.register_forward_hook(likely_eos)
     sample = batch(task, [(s, "w1") for s, _ in SENTENCES])
+    sample["net_input"] = {k: v.to(device) for k, v in sample["net_input"].items()}
     opts = dict(beam=5, max_len_a=0, max_len_b=10, min_len=2)
     prefix = None
     if mode == "sampling":
         opts.update(sampling=True, beam=3, sampling_topk=-1, sampling_topp=-1.0)
     if mode == "prefix":
-        prefix = torch.tensor([[5, 6]] * len(SENTENCES))
+        prefix = torch.tensor([[5, 6]] * len(SENTENCES), device=device)
     args.prefix_size = 2 if prefix is not None else 0
     runs = []
     for cached in (True, False):
