@@ -46,7 +46,7 @@ class NODETransformerDecoder(TransformerDecoderBase):
         if self._announced != cached:  # once, and again if the setting changes
             self._announced = cached
             s = self.layers[0].block.fallback or self.layers[0].block.solver
-            solver = s.method + (f", {s.steps} steps" if s.steps else "")
+            solver = s.method + (f", {s.steps} step{'s' * (s.steps > 1)}" if s.steps else "")
             logger.info("NODE decoder (%s): each generation step %s", solver,
                         "solves the newest position only (cached)" if cached
                         else "recomputes the whole prefix")
