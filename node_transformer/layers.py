@@ -96,7 +96,7 @@ class NODEDecoderLayer(_NODELayer):
 
     def cacheable(self) -> bool:
         """Whether generation can solve the newest position alone, exactly as the full
-        recomputation would (the separated layer: with any method; see module docstring)."""
+        recomputation would (the separated layer: with any method; see the class docstring)."""
         return self.self_attn is not None or staged(self.block.fallback or self.block.solver)
 
     def forward(
@@ -146,8 +146,8 @@ class NODEDecoderLayer(_NODELayer):
         return x, None, None
 
     def reorder_incremental_state(self, incremental_state, new_order):
-        """Reorder the per-evaluation caches with the beam (fairseq calls this on every
-        module; the classic self-attention and the encoder-attention reorder their own)."""
+        """Reorder this layer's caches with the beam (fairseq calls this on every module; the
+        separated layer's classic self-attention reorders its own)."""
         cache = self.get_incremental_state(incremental_state, "stages")
         if cache is not None:
             cache.reorder(self.block.dynamics.self_attn, new_order)

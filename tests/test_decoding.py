@@ -120,6 +120,7 @@ def test_cached_step_evaluates_the_grid_once_per_position(data_dir):
     assert seen == [1] * (8 * prev.size(1))
     assert model.decoder.generation_nfe.total == 8 * prev.size(1)
     assert model.decoder.generation_nfe.rows == 8 * prev.size(1) * len(PAIRS)
+    assert model.decoder.generation_nfe.per_sentence(len(PAIRS), beam=1) == 8 * prev.size(1)
 
 
 def test_recompute_setting_and_adaptive_solvers_recompute_the_prefix(data_dir):
