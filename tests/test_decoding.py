@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fairseq import utils as fairseq_utils
 
 from fairseq_helpers import batch, build, write_dicts
-from node_transformer.incremental import STAGED_METHODS, StageCache, decoding_mode
+from node_transformer.incremental import StageCache, decoding_mode
 
 PAIRS = [("w1 w2 w3 w4", "w5 w6 w7 w8 w9"), ("w3 w2", "w8 w9 w10 w11 w4"), ("w7", "w1 w2 w3 w4 w5")]
 PRENORM = ["--node-dynamics", "prenorm", "--node-output-init", "xavier"]
@@ -37,7 +37,7 @@ CASES = {
     "separated-prenorm-midpoint": (["--node-decoder", "--node-separated-decoder", *PRENORM,
                                     "--node-method", "midpoint", "--node-steps", "1"], True),
     # Adaptive steps depend on the prefix solved: they agree to the solver's tolerance only.
-    "full-dopri5": (["--node-decoder", "--node-rtol", "1e-9", "--node-atol", "1e-9",
+    "full-dopri5": (["--node-decoder", "--node-rtol", "1e-8", "--node-atol", "1e-8",
                      "--node-max-nfe", "0"], False),
     "full-explicit-adams": (["--node-decoder", "--node-method", "explicit_adams",
                              "--node-steps", "2"], False),
@@ -96,7 +96,7 @@ def test_step_by_step_equals_teacher_forcing(data_dir, case, float64_softmax):
     # Targets are right-padded: positions after a row's end see pad tokens; compare where
     # the prefix is real (fairseq never decodes past a finished hypothesis).
     real = prev2.ne(task.target_dictionary.pad())
-    tol = 1e-6 if "dopri5" in case else 1e-9
+    tol = 1e-5 if "dopri5" in case else 1e-9
     torch.testing.assert_close(steps[real], full[real], rtol=0, atol=tol)
     layer = model.decoder.layers[0]
     cache = layer.get_incremental_state(state, "stages")
@@ -162,13 +162,11 @@ def test_stage_cache_refuses_a_changed_number_of_evaluations():
     cache.next_state(), cache.next_state()
     with pytest.raises(RuntimeError, match="more than the first solve's 2"):
         cache.next_state()
-    assert set(STAGED_METHODS) == {"euler", "midpoint", "heun2", "heun3", "rk4"}
 
 
-EOS_OFFSET = 5.0  # with it, hypotheses end at 3-10 tokens (checked below, not assumed)
+EOS_OFFSET = 5.0  # with it, hypotheses end at different lengths (checked below, not assumed)
 GEN_CASES = ["full-study-rk4", "full-aug-time-rk4", "separated-aug-time-rk4", "full-prenorm-midpoint"]
-SENTENCES = [("w1 w2 w3 w4", ""), ("w3 w2", ""), ("w7", ""), ("w5 w6 w1 w9 w10 w2", ""),
-             ("w4 w4", "")]
+SOURCES = ["w1 w2 w3 w4", "w3 w2", "w7", "w5 w6 w1 w9 w10 w2", "w4 w4"]
 
 
 @pytest.mark.parametrize("case", GEN_CASES)
@@ -200,14 +198,14 @@ def check_generation(data_dir, case, mode, device):
         return out
 
     model.decoder.output_projection.register_forward_hook(likely_eos)
-    sample = batch(task, [(s, "w1") for s, _ in SENTENCES])
+    sample = batch(task, [(s, "w1") for s in SOURCES])
     sample["net_input"] = {k: v.to(device) for k, v in sample["net_input"].items()}
     opts = dict(beam=5, max_len_a=0, max_len_b=10, min_len=2)
     prefix = None
     if mode == "sampling":
         opts.update(sampling=True, beam=3, sampling_topk=-1, sampling_topp=-1.0)
     if mode == "prefix":
-        prefix = torch.tensor([[5, 6]] * len(SENTENCES), device=device)
+        prefix = torch.tensor([[5, 6]] * len(SOURCES), device=device)
     args.prefix_size = 2 if prefix is not None else 0
     runs = []
     for cached in (True, False):
