@@ -1,31 +1,68 @@
 """fairseq wiring of the NODE decoder: fairseq's own decoder, with ODE blocks as its layers."""
 
+import logging
+
 from fairseq.models.transformer import TransformerDecoderBase
 
+from .incremental import GenerationNFE, decoding_mode
 from .layers import NODEDecoderLayer
+
+logger = logging.getLogger(__name__)
 
 
 class NODETransformerDecoder(TransformerDecoderBase):
     """Embeddings, masks and the output projection stay fairseq's; each of the
     ``--decoder-layers`` layers (1 by default with --node-decoder) is an ODE block.
 
-    Incremental decoding recomputes the whole prefix at every step. A per-token key/value
-    cache is wrong for an ODE decoder: the self-attention keys of earlier tokens change
-    along ODE time, and an adaptive solver's steps depend on the whole batch. (The study
-    passed ``incremental_state`` into every function evaluation, which appended to the cache
-    at each evaluation and corrupted beam search.)
+    Generation (fairseq's ``incremental_state``) solves only the newest target position when
+    every layer allows it exactly (NODEDecoderLayer.cacheable: the separated decoder, or a
+    fixed-grid Runge-Kutta solver); otherwise, e.g. a full NODE decoder with an adaptive
+    solver, whose steps depend on the whole prefix, each step recomputes the prefix.
+    ``node_decoding='recompute'`` (a generation-time setting, e.g. through fairseq's
+    ``--model-overrides``) always recomputes: the reference the cache is tested against.
     """
+
+    def __init__(self, cfg, dictionary, embed_tokens, *args, **kwargs):
+        super().__init__(cfg, dictionary, embed_tokens, *args, **kwargs)
+        self.decoding = decoding_mode(cfg)
+        self.generation_nfe = GenerationNFE()
+        self._announced = None
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return NODEDecoderLayer(cfg)
 
+    def cached_decoding(self) -> bool:
+        """Whether generation steps solve the newest position only (see class docstring)."""
+        return self.decoding == "auto" and all(layer.cacheable() for layer in self.layers)
+
     def extract_features(self, prev_output_tokens, encoder_out, incremental_state=None,
                          full_context_alignment=False, alignment_layer=None, alignment_heads=None):
-        x, extra = self.extract_features_scriptable(
-            prev_output_tokens, encoder_out, None, full_context_alignment,
-            alignment_layer, alignment_heads,
-        )
-        if incremental_state is not None:  # the caller wants the newest position only
-            x = x[:, -1:, :]
+        if incremental_state is None:
+            return self.extract_features_scriptable(
+                prev_output_tokens, encoder_out, None, full_context_alignment,
+                alignment_layer, alignment_heads,
+            )
+        cached = self.cached_decoding()
+        if self._announced != cached:  # once, and again if the setting changes
+            self._announced = cached
+            s = self.layers[0].block.fallback or self.layers[0].block.solver
+            solver = s.method + (f", {s.steps} step{'s' * (s.steps > 1)}" if s.steps else "")
+            logger.info("NODE decoder (%s): each generation step %s", solver,
+                        "solves the newest position only (cached)" if cached
+                        else "recomputes the whole prefix")
+        if cached:
+            x, extra = self.extract_features_scriptable(
+                prev_output_tokens, encoder_out, incremental_state, full_context_alignment,
+                alignment_layer, alignment_heads,
+            )
+        else:
+            x, extra = self.extract_features_scriptable(
+                prev_output_tokens, encoder_out, None, full_context_alignment,
+                alignment_layer, alignment_heads,
+            )
+            x = x[:, -1:, :]  # the caller wants the newest position only
             extra["attn"] = [a[:, -1:] if a is not None else None for a in extra["attn"]]
+        # One solve per layer per step, cached or not.
+        nfe = sum(layer.block.solves[-1].nfe_forward for layer in self.layers)
+        self.generation_nfe.add(nfe, prev_output_tokens.size(0))
         return x, extra

@@ -96,13 +96,45 @@ class TransformerDynamics(nn.Module):
 
     post_norm = True
 
-    def _self_attn(self, x, self_attn_mask, self_padding_mask):
-        return self.self_attn(x, x, x, key_padding_mask=self_padding_mask,
+    def _self_attn(self, x, self_attn_mask, self_padding_mask, stage_cache=None):
+        # Cached decoding (incremental.StageCache): x is the newest position; the earlier
+        # positions' keys/values of this evaluation come from, and go back to, the cache.
+        state = stage_cache.next_state() if stage_cache is not None else None
+        return self.self_attn(x, x, x, key_padding_mask=self_padding_mask, incremental_state=state,
                               attn_mask=self_attn_mask, need_weights=False)[0]
 
-    def _encoder_attn(self, x, encoder_out, encoder_padding_mask):
-        return self.encoder_attn(x, encoder_out, encoder_out,
-                                 key_padding_mask=encoder_padding_mask, need_weights=False)[0]
+    def _encoder_attn(self, x, encoder_out, encoder_padding_mask, encoder_state=None):
+        if encoder_state is not None:
+            return self._encoder_attn_cached(x, encoder_out, encoder_padding_mask, encoder_state)
+        return self.encoder_attn(x, encoder_out, encoder_out, key_padding_mask=encoder_padding_mask,
+                                 need_weights=False)[0]
+
+    def _encoder_attn_cached(self, x, encoder_out, encoder_padding_mask, state: dict):
+        """Encoder-attention in generation: the encoder's keys and values are projected once
+        per batch into ``state`` (rows x heads x ..., reordered with the beam by
+        NODEDecoderLayer), and each evaluation is a query projection, two batched products
+        and an output projection. fairseq's attention takes several times as many small
+        operations, which is what an evaluation over one position per hypothesis costs."""
+        att = self.encoder_attn
+        heads, dim = att.num_heads, att.head_dim
+        if "key_t" not in state:
+            src_len, rows, _ = encoder_out.shape
+
+            def split(t):  # S x B x C -> B x heads x S x dim
+                return t.view(src_len, rows, heads, dim).permute(1, 2, 0, 3)
+
+            state["key_t"] = split(att.k_proj(encoder_out)).transpose(2, 3).contiguous()
+            state["value"] = split(att.v_proj(encoder_out)).contiguous()
+            bias = encoder_out.new_zeros(rows, heads, 1, src_len)
+            if encoder_padding_mask is not None:
+                bias = bias.masked_fill(encoder_padding_mask.view(rows, 1, 1, src_len), float("-inf"))
+            state["bias"] = bias
+        tgt_len, rows, width = x.shape
+        key_t, value, bias = (state[k].flatten(0, 1) for k in ("key_t", "value", "bias"))
+        q = att.q_proj(x).view(tgt_len, rows * heads, dim).transpose(0, 1)
+        weights = torch.softmax(torch.baddbmm(bias, q, key_t, alpha=att.scaling), dim=-1)
+        out = torch.bmm(weights, value).transpose(0, 1).reshape(tgt_len, rows, heads * dim)
+        return att.out_proj(out)
 
     def _ffn(self, x, drop):
         x = drop("activation", self.activation_fn(self.fc1(x)), self.activation_dropout)
@@ -123,15 +155,17 @@ class StudyDynamics(TransformerDynamics):
         self_padding_mask: Optional[Tensor] = None,
         encoder_out: Optional[Tensor] = None,
         encoder_padding_mask: Optional[Tensor] = None,
+        stage_cache=None,
+        encoder_state: Optional[dict] = None,
     ) -> Tensor:
         x = h
         if self.time_dependent:
             tt = t.to(h.dtype).expand(h.shape[0], h.shape[1], self.heads)
             x = torch.cat([h, tt], dim=-1)
         if self.self_attn is not None:
-            x = self.self_attn_norm(drop("self_attn", self._self_attn(x, self_attn_mask, self_padding_mask)))
+            x = self.self_attn_norm(drop("self_attn", self._self_attn(x, self_attn_mask, self_padding_mask, stage_cache)))
         if self.encoder_attn is not None:
-            x = self.encoder_attn_norm(drop("encoder_attn", self._encoder_attn(x, encoder_out, encoder_padding_mask)))
+            x = self.encoder_attn_norm(drop("encoder_attn", self._encoder_attn(x, encoder_out, encoder_padding_mask, encoder_state)))
         return self.ffn_norm(self._ffn(x, drop))
 
 
@@ -172,13 +206,15 @@ class PreNormDynamics(TransformerDynamics):
         self_padding_mask: Optional[Tensor] = None,
         encoder_out: Optional[Tensor] = None,
         encoder_padding_mask: Optional[Tensor] = None,
+        stage_cache=None,
+        encoder_state: Optional[dict] = None,
     ) -> Tensor:
         x, f = h, None
         if self.self_attn is not None:
-            f = drop("self_attn", self._self_attn(self.self_attn_norm(x), self_attn_mask, self_padding_mask))
+            f = drop("self_attn", self._self_attn(self.self_attn_norm(x), self_attn_mask, self_padding_mask, stage_cache))
             x = h + f
         if self.encoder_attn is not None:
-            a = drop("encoder_attn", self._encoder_attn(self.encoder_attn_norm(x), encoder_out, encoder_padding_mask))
+            a = drop("encoder_attn", self._encoder_attn(self.encoder_attn_norm(x), encoder_out, encoder_padding_mask, encoder_state))
             f = a if f is None else f + a
             x = h + f
         a = self._ffn(self.ffn_norm(x), drop)

@@ -12,10 +12,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules import LayerNorm, MultiheadAttention
 from torch import Tensor, nn
 
 from .dynamics import DYNAMICS, SolveDropout
+from .incremental import StageCache, staged
 from .ode_block import ODEBlock
 from .options import regularisation, solver_config
 
@@ -65,9 +67,18 @@ class NODEEncoderLayer(_NODELayer):
         return self.solve(x, padding_mask=encoder_padding_mask, self_padding_mask=encoder_padding_mask)
 
 
+@with_incremental_state
 class NODEDecoderLayer(_NODELayer):
     """dh/dt = self-attention + encoder-attention + feed-forward; or, separated, a classic
-    residual self-attention sub-layer followed by dh/dt = encoder-attention + feed-forward."""
+    residual self-attention sub-layer followed by dh/dt = encoder-attention + feed-forward.
+
+    With fairseq's ``incremental_state`` (generation), ``x`` is the newest target position
+    only: the separated layer keeps the classic key/value cache of its self-attention and
+    solves the new position alone; the full layer needs a fixed-grid solve (``cacheable``)
+    and attends, at each evaluation, to the earlier positions' keys/values of that same
+    evaluation (incremental.StageCache). Both project the encoder output to keys/values once
+    per generated batch, not once per evaluation.
+    """
 
     def __init__(self, cfg):
         separated = cfg.node_separated_decoder
@@ -84,6 +95,11 @@ class NODEDecoderLayer(_NODELayer):
                                                 self_attention=True)
             self.self_attn_norm = LayerNorm(dim)
 
+    def cacheable(self) -> bool:
+        """Whether generation can solve the newest position alone, exactly as the full
+        recomputation would (the separated layer: with any method; see the class docstring)."""
+        return self.self_attn is not None or staged(self.block.fallback or self.block.solver)
+
     def forward(
         self,
         x: Tensor,
@@ -97,18 +113,45 @@ class NODEDecoderLayer(_NODELayer):
         need_attn: bool = False,
         need_head_weights: bool = False,
     ):
+        if self.frozen_encoder:
+            encoder_out = encoder_out.detach()
+        inputs = dict(encoder_out=_augment(encoder_out, self.aug), encoder_padding_mask=encoder_padding_mask)
+        cache = None
         if incremental_state is not None:
-            raise ValueError("NODE decoder layers recompute the prefix; see NODETransformerDecoder")
+            if not self.cacheable():
+                raise ValueError("this NODE decoder layer cannot decode incrementally (its solver "
+                                 "is not a fixed-grid Runge-Kutta method): recompute the prefix")
+            enc_state = self.get_incremental_state(incremental_state, "encoder_kv")
+            if enc_state is None:  # filled by the dynamics at the first evaluation
+                enc_state = {}
+                self.set_incremental_state(incremental_state, "encoder_kv", enc_state)
+            inputs["encoder_state"] = enc_state
         if self.self_attn is not None:
             residual = x
             x, _ = self.self_attn(x, x, x, key_padding_mask=self_attn_padding_mask,
+                                  incremental_state=incremental_state,
                                   attn_mask=self_attn_mask, need_weights=False)
             x = self.self_attn_norm(residual + F.dropout(x, self.dropout, self.training))
-            self_inputs = {}
         else:
-            self_inputs = dict(self_attn_mask=self_attn_mask, self_padding_mask=self_attn_padding_mask)
-        if self.frozen_encoder:
-            encoder_out = encoder_out.detach()
-        x = self.solve(x, padding_mask=self_attn_padding_mask, encoder_out=_augment(encoder_out, self.aug),
-                       encoder_padding_mask=encoder_padding_mask, **self_inputs)
+            inputs.update(self_attn_mask=self_attn_mask, self_padding_mask=self_attn_padding_mask)
+            if incremental_state is not None:
+                cache = self.get_incremental_state(incremental_state, "stages")
+                if cache is None:
+                    cache = StageCache()
+                    self.set_incremental_state(incremental_state, "stages", cache)
+                cache.begin()
+                inputs["stage_cache"] = cache
+        x = self.solve(x, padding_mask=self_attn_padding_mask, **inputs)
+        if cache is not None:
+            cache.end()
         return x, None, None
+
+    def reorder_incremental_state(self, incremental_state, new_order):
+        """Reorder this layer's caches with the beam (fairseq calls this on every module; the
+        separated layer's classic self-attention reorders its own)."""
+        cache = self.get_incremental_state(incremental_state, "stages")
+        if cache is not None:
+            cache.reorder(self.block.dynamics.self_attn, new_order)
+        enc_state = self.get_incremental_state(incremental_state, "encoder_kv")
+        for key, value in (enc_state or {}).items():  # rows first
+            enc_state[key] = value.index_select(0, new_order)

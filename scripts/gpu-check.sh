@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The prepared check for a machine with one CUDA GPU (about 2-3 minutes):
 #  1. the CUDA tests (pytest -m gpu),
-#  2. a one-minute timing of each variant at transformer-base sizes (tokens/s, NFE, memory).
+#  2. a one-minute timing of each variant at transformer-base sizes (tokens/s, NFE, memory),
+#  3. generation speed (beam 4, untrained mini models): sentences/s of the classic, project-best
+#     and config 07, cached and recomputed, with the NFE of generation.
 # Results go to ${OUT:-runs/gpu-check}/ (log and timing JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +19,7 @@ rc=${PIPESTATUS[0]}
 echo "== timing, 12 s per variant (5 variants)"
 "$PY" scripts/time_variants.py --device cuda --seconds 12 --json "$OUTDIR/timing.json" 2>&1 \
   | grep -v Warning | tee "$OUTDIR/timing.log"
+echo "== generation, beam 4, 24 sentences x 30 tokens (untrained mini models)"
+"$PY" scripts/time_generation.py --device cuda --repeats 2 --json "$OUTDIR/generation.json" 2>&1 \
+  | grep -v Warning | tee "$OUTDIR/generation.log"
 exit $rc
