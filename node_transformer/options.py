@@ -12,6 +12,7 @@ from typing import Tuple
 from odeint_ext import METHODS, SettingsError, SolverSettings
 
 from .dynamics import OUTPUT_INITS
+from .incremental import DECODING_MODES
 from .regularisers import Regularisation
 
 DEFAULTS = dict(
@@ -32,6 +33,7 @@ DEFAULTS = dict(
     node_output_init="zero",
     node_reproduce_frozen_encoder=False,
     node_on_budget="skip",
+    node_decoding="auto",
     node_fallback_steps=8,
     node_first_step=None,
     node_min_step=None,
@@ -90,6 +92,11 @@ def add_node_args(parser) -> None:
                         "decoder passed no gradient to the encoder output")
     g.add_argument("--node-steps", type=int, metavar="N",
                    help="fixed-grid methods: number of steps over the interval (default: the --node-ts grid)")
+    g.add_argument("--node-decoding", type=str, metavar="MODE",
+                   help="generation: auto (default: solve only the newest position where that is "
+                        "exact: fixed-grid Runge-Kutta methods, the separated decoder) or recompute "
+                        "(solve the whole prefix at every step); with fairseq-generate, "
+                        "--model-overrides \"{'node_decoding': 'recompute'}\"")
     g.add_argument("--node-on-budget", type=str, metavar="POLICY",
                    help="a training batch whose solve exceeds --node-max-nfe: error (stop), skip "
                         "(default: drop it, count it), fixed-step (solve it again with rk4, "
@@ -159,6 +166,9 @@ def check_node_args(args) -> None:
         solver_config(args)  # odeint_ext checks the solver settings, all together
     except SettingsError as e:
         raise NodeArgumentError(e.naming(SOLVER_FLAGS.get)) from None
+    if args.node_decoding not in DECODING_MODES:
+        raise NodeArgumentError(f"--node-decoding must be one of {', '.join(DECODING_MODES)}, "
+                                f"got {args.node_decoding!r}")
     if args.node_on_budget not in ON_BUDGET:
         raise NodeArgumentError(
             f"--node-on-budget must be one of {', '.join(ON_BUDGET)}, got {args.node_on_budget!r}")

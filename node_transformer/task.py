@@ -333,6 +333,21 @@ class NODETranslationTask(TranslationTask):
         log[BATCHES] = 1
         return loss, sample_size, self._shaped(log, model, criterion, False)
 
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """fairseq-generate / interactive: also log the decoder's evaluations, per sentence
+        and in total (running over the whole run)."""
+        decoders = [m.decoder for m in models if hasattr(getattr(m, "decoder", None), "generation_nfe")]
+        for d in decoders:
+            d.generation_nfe.reset()
+        hyps = super().inference_step(generator, models, sample, prefix_tokens, constraints)
+        for d in decoders:
+            g = d.generation_nfe
+            self._generation_nfe = getattr(self, "_generation_nfe", 0) + g.total
+            logger.info("generation NFE of the decoder: %.1f per sentence, %d for this batch of %d, "
+                        "%d so far", g.per_sentence(len(hyps), getattr(generator, "beam_size", 1)),
+                        g.total, len(hyps), self._generation_nfe)
+        return hyps
+
     def reduce_metrics(self, logging_outputs, criterion):
         if sum(log.get("sample_size", 0) for log in logging_outputs) > 0:
             super().reduce_metrics(logging_outputs, criterion)

@@ -85,6 +85,10 @@ def test_train_generate_interactive(data_bin, tmp_path, variant):
               "--max-len-b", "8", env=ENV)
     hyp_ids = sorted(int(m) for m in re.findall(r"^H-(\d+)\t", gen.stdout, re.M))
     assert hyp_ids == list(range(N_TEST))
+    # the decoder's evaluations are logged per batch, with a running total
+    totals = [int(t) for t in re.findall(r"generation NFE of the decoder: [\d.]+ per sentence, "
+                                          r"\d+ for this batch of \d+, (\d+) so far", gen.stderr + gen.stdout)]
+    assert len(totals) == 3 and totals[0] > 0 and totals == sorted(totals)
 
     lines = open(os.path.join(raw, "test.src")).read().splitlines()[:5]
     inter = subprocess.run(
