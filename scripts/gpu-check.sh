@@ -3,7 +3,8 @@
 #  1. the CUDA tests (pytest -m gpu),
 #  2. a one-minute timing of each variant at transformer-base sizes (tokens/s, NFE, memory),
 #  3. generation speed (beam 4, untrained mini models): sentences/s of the classic, project-best
-#     and config 07, cached and recomputed, with the NFE of generation.
+#     and config 07, cached and recomputed, with the NFE of generation,
+#  4. fairseq-train steps with --fp16, --bf16 and --amp (scripts/gpu-precision.sh).
 # Results go to ${OUT:-runs/gpu-check}/ (log and timing JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +23,7 @@ echo "== timing, 12 s per variant (5 variants)"
 echo "== generation, beam 4, 24 sentences x 30 tokens (untrained mini models)"
 "$PY" scripts/time_generation.py --device cuda --repeats 2 --json "$OUTDIR/generation.json" 2>&1 \
   | grep -v Warning | tee "$OUTDIR/generation.log"
+echo "== mixed precision: fairseq-train with --fp16, --bf16, --amp"
+PY="$PY" OUT="$OUTDIR" bash scripts/gpu-precision.sh 2>&1 | tee "$OUTDIR/precision.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 exit $rc
