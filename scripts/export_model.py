@@ -2,7 +2,7 @@
 """Write a trained model's directory that users can move: what loading needs, nothing else.
 
     export_model.py RUN_DIR OUT_DIR [--checkpoint FILE] [--data-bin DIR] [--data-licence TEXT]
-                    [--force]
+                    [--example SENTENCE] [--force]
 
 RUN_DIR: a run of scripts/run_experiment.py or scripts/demo.sh (RUN_DIR/checkpoints/...), or
 a fairseq --save-dir. OUT_DIR gets:
@@ -11,9 +11,13 @@ a fairseq --save-dir. OUT_DIR gets:
                      its paths scrubbed and its language pair recorded
   dict.SRC.txt, dict.TGT.txt   the dictionaries
   spm.model          the sentencepiece model, when the data-bin has one
-  README.md          how to load it, the training command, the data's licence note and the
-                     measured test BLEU (RUN_DIR/bleu_test.json of scripts/evaluate.py, else
-                     the BLEU line of RUN_DIR/generate.txt, else "not measured")
+  README.md          how to load it (with --example, else the first raw test source the
+                     data-bin keeps, as the sentence to translate), the training command
+                     (RUN_DIR/summary.json, else RUN_DIR/train_command.txt), the data's licence
+                     note (--data-licence, else a LICENSE/NOTICE file of the data-bin, else
+                     Multi30k's terms for a prepare_multi30k.py data-bin) and the measured test
+                     BLEU (RUN_DIR/bleu_test.json of scripts/evaluate.py, else the BLEU line
+                     of RUN_DIR/generate.txt, else "not measured")
 
 The data-bin is --data-bin, else the run's summary.json "data_bin", else the checkpoint's own
 data path. OUT_DIR is built beside itself and renamed into place; an existing non-empty
@@ -182,24 +186,43 @@ def training_command(run_dir: str) -> str:
     return "not recorded (no summary.json or train_command.txt in the run directory)"
 
 
+def example_sentence(explicit: Optional[str], data_bin: str, src: str) -> str:
+    """--example, else the first raw test source prepare_multi30k.py kept in the data-bin."""
+    if explicit:
+        return explicit
+    meta = os.path.join(data_bin, "subsets.json")
+    if os.path.isfile(meta):
+        with open(meta, encoding="utf-8") as f:
+            m = json.load(f)
+        base = (m.get("subsets") or {}).get("test")
+        path = os.path.join(data_bin, m.get("raw_dir", "raw"), f"{base}.{src}")
+        if base and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                first = f.readline().strip()
+            if first:
+                return first
+    return "a sentence in the source language"
+
+
 def readme(name: str, src: str, tgt: str, spm: bool, command: str, bleu: str, licence: str,
-           checkpoint: str, updates) -> str:
-    example = "A man is riding a bike." if spm else "(tokens of the dictionary, space-separated)"
-    bpe_flags = " --bpe sentencepiece --sentencepiece-model DIR/spm.model" if spm else ""
+           checkpoint: str, updates, example: str) -> str:
+    bpe_flags = " \\\n    --bpe sentencepiece --sentencepiece-model DIR/spm.model" if spm else ""
     return f"""# {name}: a NODE-Transformer ({src} -> {tgt})
 
-Exported by scripts/export_model.py from `{checkpoint}` ({updates} updates), without its
-optimizer state. Files: model.pt, dict.{src}.txt, dict.{tgt}.txt{", spm.model" if spm else ""}, this README.
+Exported by scripts/export_model.py, without its optimizer state, from
+`{checkpoint}` ({updates} updates).
+Files: model.pt, dict.{src}.txt, dict.{tgt}.txt{", spm.model" if spm else ""}, this README.
 
 ## Use it
 
 ```python
 import node_transformer                      # this repository's package, installed
 model = node_transformer.from_pretrained("DIR")   # DIR: this directory
-print(model.translate(["{example}"], beam=5))
+print(model.translate([{json.dumps(example, ensure_ascii=False)}], beam=5))
 ```
 
-Or with fairseq's own tool, one sentence per line on standard input:
+Or with fairseq's own tool (from the repository's root), one sentence per line on standard
+input:
 
 ```bash
 fairseq-interactive DIR --user-dir node_transformer --task node_translation \\
@@ -224,12 +247,7 @@ fairseq-interactive DIR --user-dir node_transformer --task node_translation \\
 
 def export(run_dir: str, out_dir: str, checkpoint: Optional[str] = None,
            data_bin: Optional[str] = None, data_licence: Optional[str] = None,
-           force: bool = False) -> str:
-    import torch
-
-    sys.path.insert(0, ROOT)
-    import node_transformer  # noqa: F401  (allow-lists what fairseq checkpoints hold)
-
+           force: bool = False, example: Optional[str] = None) -> str:
     if not os.path.isdir(run_dir):
         raise ExportError(f"{run_dir}: not a directory")
     ckpt = find_checkpoint(run_dir, checkpoint)
@@ -237,6 +255,14 @@ def export(run_dir: str, out_dir: str, checkpoint: Optional[str] = None,
         raise ExportError(f"{out_dir}: exists and is not a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty (--force replaces it)")
+    if data_bin and not _dicts(data_bin):
+        raise ExportError(f"{data_bin}: no dict.*.txt: not a fairseq data-bin")
+
+    # Only now the slow imports: a mistyped argument is answered at once.
+    import torch
+
+    sys.path.insert(0, ROOT)
+    import node_transformer  # noqa: F401  (allow-lists what fairseq checkpoints hold)
     try:
         state = torch.load(ckpt, map_location="cpu")
     except Exception as e:  # noqa: BLE001  (any unreadable file: one line)
@@ -255,6 +281,9 @@ def export(run_dir: str, out_dir: str, checkpoint: Optional[str] = None,
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is a plain directory
     try:
         torch.save(strip_state(state, src, tgt), os.path.join(tmp, "model.pt"))
         for lang, path in dicts.items():
@@ -262,9 +291,12 @@ def export(run_dir: str, out_dir: str, checkpoint: Optional[str] = None,
         if spm:
             shutil.copyfile(spm, os.path.join(tmp, "spm.model"))
         updates = (state.get("optimizer_history") or [{}])[-1].get("num_updates", "?")
+        shown = os.path.relpath(ckpt)
+        shown = os.path.abspath(ckpt) if shown.startswith("..") else shown
         text = readme(os.path.basename(os.path.abspath(out_dir)), src, tgt, bool(spm),
                       training_command(run_dir), measured_bleu(run_dir),
-                      licence_note(data_licence, data), os.path.relpath(ckpt), updates)
+                      licence_note(data_licence, data), shown, updates,
+                      example_sentence(example, data, src))
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(text)
         if os.path.isdir(out_dir):
@@ -286,10 +318,12 @@ def main(argv=None) -> int:
                    "(default checkpoint_best.pt, else checkpoint_last.pt)")
     p.add_argument("--data-bin", metavar="DIR", help="the data-bin it was trained on")
     p.add_argument("--data-licence", metavar="TEXT", help="the data's licence note")
+    p.add_argument("--example", metavar="SENTENCE", help="the sentence the README translates")
     p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     a = p.parse_args(argv)
     try:
-        out = export(a.run_dir, a.out_dir, a.checkpoint, a.data_bin, a.data_licence, a.force)
+        out = export(a.run_dir, a.out_dir, a.checkpoint, a.data_bin, a.data_licence, a.force,
+                     a.example)
     except ExportError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
