@@ -88,16 +88,16 @@ def partial_spearman(x, y, z) -> Optional[float]:
 
 
 def load(checkpoint: str, data_bin: str, subset: str, cpu: bool, overrides: Dict[str, object]):
-    import torch
+    if not os.path.isfile(checkpoint):
+        raise AnalysisError(f"{checkpoint}: checkpoint not found")
+    if not os.path.isdir(data_bin):
+        raise AnalysisError(f"{data_bin}: data-bin directory not found")
+    import torch  # the slow imports only now: a mistyped path is answered at once
 
     sys.path.insert(0, ROOT)
     import node_transformer  # noqa: F401  (registers model and task, allow-lists checkpoints)
     from fairseq import checkpoint_utils
 
-    if not os.path.isfile(checkpoint):
-        raise AnalysisError(f"{checkpoint}: checkpoint not found")
-    if not os.path.isdir(data_bin):
-        raise AnalysisError(f"{data_bin}: data-bin directory not found")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
         [checkpoint], arg_overrides={"data": os.path.abspath(data_bin), **overrides})
     model = models[0]
@@ -235,8 +235,11 @@ def summarize(rows: List[dict], columns: List[str]) -> dict:
 
 
 def plot(rows: List[dict], columns: List[str], traj: List[dict], out: str) -> List[str]:
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger: DEBUG
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -257,7 +260,7 @@ def plot(rows: List[dict], columns: List[str], traj: List[dict], out: str) -> Li
         plt.close(fig)
         written.append(name)
     if traj:
-        block_names = sorted({t["block"] for t in traj})
+        block_names = list(dict.fromkeys(t["block"] for t in traj))  # encoder first
         fig, axes = plt.subplots(2, len(block_names), figsize=(4.5 * len(block_names), 6.5),
                                  squeeze=False)
         for col, b in enumerate(block_names):
