@@ -151,3 +151,16 @@ def test_bad_input_stops_with_one_line(run, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".export-")]
     export(run_dir, str(out), "--force")
     assert sorted(os.listdir(out))[0] == "README.md" and not (out / "keep.txt").exists()
+
+
+def test_readme_front_door_example_runs_on_an_exported_model(moved, capsys):
+    """README.md's "Use a trained model from Python" block, pointed at a model exported here
+    (the README's own path is the demo's, made by scripts/demo.sh)."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text[text.index("## Use a trained model from Python"):]
+    code = re.search(r"```py\n(.*?)```", section, re.S).group(1)
+    assert code.count("\n") == 3 and '"runs/demo/model"' in code
+    code = code.replace('"runs/demo/model"', repr(moved)).replace("beam=4)", "beam=4, max_len_b=8)")
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("['") and printed.endswith("']")
