@@ -105,6 +105,8 @@ def from_pretrained(model_dir: str, checkpoint_file: Optional[str] = None,
     elif not os.path.isfile(os.path.join(model_dir, checkpoint_file)):
         raise FileNotFoundError(f"from_pretrained: {checkpoint_file} not found in {model_dir}")
     data_dir = os.path.abspath(data_name_or_path) if data_name_or_path else model_dir
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"from_pretrained: data_name_or_path {data_dir} is not a directory")
     if not any(n.startswith("dict.") and n.endswith(".txt") for n in os.listdir(data_dir)):
         hint = "" if data_name_or_path else ": pass data_name_or_path=DATA_BIN"
         raise FileNotFoundError(f"from_pretrained: no dict.*.txt in {data_dir}{hint}")

@@ -129,6 +129,9 @@ def test_bad_directories_are_named(run, tmp_path):
         node_transformer.from_pretrained(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="pass data_name_or_path=DATA_BIN"):
         node_transformer.from_pretrained(os.path.join(run_dir, "checkpoints"))
+    with pytest.raises(FileNotFoundError, match="data_name_or_path .* is not a directory"):
+        node_transformer.from_pretrained(os.path.join(run_dir, "checkpoints"),
+                                         data_name_or_path=str(tmp_path / "no-data"))
     with pytest.raises(FileNotFoundError, match="other.pt not found"):
         node_transformer.from_pretrained(os.path.join(run_dir, "checkpoints"), "other.pt")
 
