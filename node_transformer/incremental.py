@@ -26,7 +26,7 @@ DECODING_MODES = ("auto", "recompute")
 
 
 def staged(solver) -> bool:
-    """True when a solve with this SolverConfig evaluates in a data-independent order."""
+    """True when a solve with these SolverSettings evaluates in a data-independent order."""
     return solver.method in STAGED_METHODS
 
 
