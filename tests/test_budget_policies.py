@@ -165,3 +165,42 @@ def test_budget_failure_keeps_earlier_gradients_of_the_update(data_dir):
     before = params(model)
     task.optimizer_step(opt, model, 1)  # the first batch is still live: a step is taken
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("phase", ["forward", "backward"])
+def test_solver_failures_other_than_the_budget_follow_the_policy(data_dir, phase):
+    # torchdiffeq's own guard ("max_num_steps exceeded", an assert) in the forward solve, or
+    # inside the adjoint backward (whose options inherit max_num_steps), is skipped like a
+    # budget overrun instead of stopping training.
+    task, model, opt, crit = setup(data_dir, "skip", "--node-max-nfe", "0")
+    sample = batch(task, PAIRS)
+    _, _, log = task.train_step(sample, model, crit, opt, update_num=1)
+    opt.zero_grad()
+    task._live_batches = 0
+    # a step is 6 evaluations (dopri5, first-same-as-last); the initial step guess takes 2
+    steps = lambda nfe: (nfe - 2) // 6  # noqa: E731
+    fwd = max(steps(log["nfe_enc_fwd"]), steps(log["nfe_dec_fwd"]))
+    bwd = max(steps(log["nfe_enc_bwd"]), steps(log["nfe_dec_bwd"]))
+    assert bwd > fwd >= 1, "premise: the backward takes more steps"
+    set_solver(model, max_num_steps=fwd - 1 if phase == "forward" else fwd)
+    before = params(model)
+    loss, sample_size, log = task.train_step(sample, model, crit, opt, update_num=2)
+    assert log["node_skipped"] == 1 and sample_size == 0
+    assert (log["nfe_enc_bwd"] + log["nfe_dec_bwd"] > 0) == (phase == "backward")
+    assert all(p.grad is None for p in model.parameters())
+    task.optimizer_step(opt, model, 2)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_peak_meter_keeps_the_interval_maximum_across_a_checkpoint():
+    from fairseq.logging import meters, metrics
+
+    from node_transformer.task import PeakMeter
+    with metrics.aggregate(new_root=True) as agg:
+        for value in (3.0, 7.0, 5.0):
+            metrics.log_custom(PeakMeter, "cuda_peak_mb", value)
+        assert agg.get_smoothed_values()["cuda_peak_mb"] == 7
+        restored = meters.MetersDict()
+        restored.load_state_dict(agg.state_dict())  # what resuming from a checkpoint does
+    assert restored.get_smoothed_value("cuda_peak_mb") == 7
