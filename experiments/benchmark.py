@@ -472,9 +472,6 @@ def print_report(doc: dict) -> None:
             print(busy_warning(r.get("run") or r["name"], r["load"]))
 
 
-MEMORY_COLUMNS = ("backprop", "tol", "nfe_forward", "nfe_backward", "step_peak_mb")
-
-
 def _memory_cells(m: dict, peak) -> list:
     return [m["backprop"], f"{m['tol']:g}", m["nfe_forward"], m["nfe_backward"], peak(m["step_peak_mb"])]
 

@@ -123,6 +123,10 @@ def test_smoke_benchmark_writes_the_json(tmp_path):
                     "nfe_forward", "nfe_backward", "peak_memory_mb"):
             assert key in c
         assert c["best_valid_loss"] is not None and c["tokens_per_second"] > 0
+        assert c["run"] == c["name"] and c["seed"] == 1  # no --seeds: OUT/NAME, the configs' seed
+        assert list(c["best_valid_loss_at_minutes"]) == ["5", "10", "15", "20", "30"] and c["valid_curve"]
+        assert "busy" in c and "load" in c and "load_before" in c
+    assert doc["seeds"] is None and doc["verdict_by_seed"] is None
     assert len(doc["memory_vs_nfe"]) == 2 * len(bm.TOLERANCES)
     assert doc["node_budget_minutes"] > 0 and doc["node_budget_factor"] == bm.GOAL_TIME_RATIO
 
@@ -213,3 +217,34 @@ def test_bad_load_and_seed_arguments_are_named(tmp_path, args, named):
                            "--data-bin", str(tmp_path), *args],
                           capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 2 and named in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_with_two_seeds_records_load_equal_times_and_the_figure(tmp_path):
+    data_bin = os.path.join(ROOT, "data-bin", "multi30k_en_de")
+    if not os.path.isdir(data_bin):
+        pytest.skip("needs data-bin/multi30k_en_de (scripts/prepare_multi30k.py)")
+    out, png = tmp_path / "bench.json", tmp_path / "time.png"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                           "--data-bin", data_bin, "--out", str(tmp_path / "runs"), "--smoke",
+                           "--only", "project-best", "--seeds", "1", "2", "--skip-memory",
+                           "--budget-minutes", "0.2", "--at-minutes", "0.01", "60",
+                           "--load-interval", "1", "--quiet-seconds", "0.5",
+                           "--json", str(out), "--figure-time", str(png)],
+                          capture_output=True, text=True, timeout=1800, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [(c["name"], c["seed"]) for c in doc["configurations"]] == [
+        ("classic-1layer", 1), ("project-best", 1), ("classic-1layer", 2), ("project-best", 2)]
+    assert set(doc["verdict_by_seed"]) == {"1", "2"} and doc["verdict"] == doc["verdict_by_seed"]["1"]
+    for c in doc["configurations"]:
+        assert (tmp_path / "runs" / c["run"] / "summary.json").exists() and c["run"].endswith(f"-seed{c['seed']}")
+        assert c["command_line"].endswith(f"--seed {c['seed']}")
+        assert c["valid_curve"] and c["best_valid_loss_at_minutes"]["60"] is None  # ran < 60 min
+        assert c["best_valid_loss_at_minutes"]["0.01"] in (None, *[loss for _, loss in c["valid_curve"]])
+        if sys.platform.startswith("linux"):
+            assert isinstance(c["busy"], bool) and c["load"]["other_cpu_cores"] >= 0
+            assert c["load"]["samples"] >= 2 and c["load_before"]["seconds"] > 0
+            assert ("WARNING: BUSY MACHINE during " + c["run"] in proc.stderr) == c["busy"]
+    assert "Best valid loss at equal wall-clock" in proc.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
