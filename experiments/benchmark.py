@@ -461,12 +461,16 @@ def markdown(doc: dict) -> str:
 def print_report(doc: dict) -> None:
     """The console's tables, each verdict in words (per seed), and the busy warnings again."""
     print("\n".join(report_lines(doc, md=False)))
+    groups = by_seed(doc["configurations"])
     for r in doc["configurations"]:
         v = _verdict_of(doc, r)
         if r["name"] != CLASSIC and v:
             seed = f" (seed {r['seed']})" if r.get("seed") is not None else ""
+            same_seed = groups["-" if r.get("seed") is None else str(r["seed"])]
+            busy = any(x.get("busy") for x in same_seed if x is r or x["name"] == CLASSIC)
             print(f"{r['name']}{seed}: time to the classic's best loss = {v['time_ratio_to_classic_loss']} x "
-                  f"the classic's; throughput {v['tokens_per_second_ratio']} x; goal met: {v['goal_met']}")
+                  f"the classic's; throughput {v['tokens_per_second_ratio']} x; goal met: {v['goal_met']}"
+                  + (" (BUSY MACHINE: not trustworthy)" if busy else ""))
     for r in doc["configurations"]:
         if r.get("busy"):
             print(busy_warning(r.get("run") or r["name"], r["load"]))

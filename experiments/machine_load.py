@@ -107,7 +107,8 @@ class Probe:
     """What one sample reads: injectable, so the accounting can be tested without a busy
     machine."""
 
-    def __init__(self, root: Optional[int] = None, proc: str = PROC, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, root: Optional[int] = None, proc: str = PROC,
+                 clock: Callable[[], float] = time.monotonic):
         self.root, self.proc, self.clock = root, proc, clock
 
     def sample(self) -> Optional[dict]:
@@ -191,6 +192,8 @@ class LoadMonitor:
 def quiet_check(seconds: float, busy_cores: float = BUSY_CORES, probe: Optional[Probe] = None) -> dict:
     """The machine's load over `seconds` with nothing of ours running: taken before each
     configuration, so that a busy start shows even when the training itself is short."""
+    if not seconds > 0:
+        return summarise([], busy_cores)  # no check asked for: unknown (a zero span says nothing)
     probe = probe or Probe()
     first = probe.sample()
     time.sleep(seconds)

@@ -248,3 +248,13 @@ def test_smoke_benchmark_with_two_seeds_records_load_equal_times_and_the_figure(
             assert ("WARNING: BUSY MACHINE during " + c["run"] in proc.stderr) == c["busy"]
     assert "Best valid loss at equal wall-clock" in proc.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_printed_verdicts_say_when_the_machine_was_busy(capsys):
+    bm.print_report(seeded_doc())
+    out = capsys.readouterr().out
+    assert "project-best (seed 1): time to the classic's best loss = 2.5 x the classic's; throughput 0.6 x; " \
+           "goal met: True\n" in out
+    assert "project-best (seed 2): time to the classic's best loss = 3.33 x" in out
+    assert "goal met: False (BUSY MACHINE: not trustworthy)" in out
+    assert "WARNING: BUSY MACHINE during project-best-seed2: other processes used 0.70 cores" in out

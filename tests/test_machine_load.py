@@ -115,3 +115,10 @@ def test_a_busy_child_counts_as_ours_not_as_another_process():
     assert after - before >= 0.6
     sample = ml.Probe().sample()
     assert sample["busy"] >= after and sample["load"] is not None
+
+
+def test_a_quiet_check_of_no_time_is_unknown_not_busy():
+    s = ml.quiet_check(0, probe=Script([(0, 0, 0), (0.001, 1, 0)]))
+    assert s["busy"] is None and s["other_cpu_cores"] is None
+    s = ml.quiet_check(0.01, probe=Script([(0, 0, 0), (10, 5, 1)]))
+    assert s["other_cpu_cores"] == pytest.approx(0.4) and s["busy"] is True
