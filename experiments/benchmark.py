@@ -433,7 +433,7 @@ def report_lines(doc: dict, md: bool = True) -> List[str]:
     loads = [r["load"] for r in rows if (r.get("load") or {}).get("other_cpu_cores") is not None]
     if busy:
         lines += ["", f"(busy): other processes used more than {busy[0]['load']['busy_threshold_cores']:g} "
-                  "of one core on average while this configuration trained; its times, and the ratios "
+                  "of one core on average while a configuration so marked trained; its times, and the ratios "
                   "built on them, are not trustworthy."]
     elif loads:
         lines += ["", f"Machine load: other processes used at most "
