@@ -4,18 +4,32 @@ memory against NFE for adjoint and direct backprop.
 
     benchmark.py --data-bin DIR [--out runs/benchmark] [--budget-minutes 10] [--node-budget-factor 3]
                  [--json docs/benchmark.json] [--only NAME ...] [--skip-memory] [--smoke]
-    benchmark.py --render docs/benchmark.json [--figure PNG]   (the results page's tables, figure)
+                 [--seeds S ...] [--at-minutes M ...] [--busy-cores C] [--figure-time PNG]
+    benchmark.py --render docs/benchmark.json [--figure PNG] [--figure-time PNG]
+                 (the results page's tables, figures)
 
 Each configuration trains with run_experiment.py (mini scale, one after the other: run
-nothing else on the machine meanwhile) into OUT/NAME. The classic trains for the budget; each
-NODE configuration then gets the goal's allowance, --node-budget-factor (default 3) times the
-classic's training time to its best loss, so that "reached within 3x" can be observed at all.
-The table and the JSON give, per configuration: best valid loss; seconds_to_classic_loss, the
-training time at the first validation whose loss is at or below the classic's best (null if
-never); target tokens per second; mean forward and backward NFE per update (encoder + decoder;
-null without ODE blocks); peak memory (the training process's peak RSS, or max allocated on a
-GPU). The goal of issue 5: best_valid_loss <= the classic's and seconds_to_classic_loss <= 3 x
-the classic's own time to its best.
+nothing else on the machine meanwhile) into OUT/NAME (OUT/NAME-seedS with --seeds: each
+configuration once per seed, fairseq's --seed S; without, the configs' own seed). The classic
+trains for the budget; each NODE configuration then gets the goal's allowance,
+--node-budget-factor (default 3) times the classic's (same seed's) training time to its best
+loss, so that "reached within 3x" can be observed at all. The table and the JSON give, per
+configuration and seed: best valid loss; seconds_to_classic_loss, the training time at the
+first validation whose loss is at or below the classic's best (null if never); target tokens
+per second; mean forward and backward NFE per update (encoder + decoder; null without ODE
+blocks); peak memory (the training process's peak RSS, or max allocated on a GPU); the best
+valid loss reached by equal training times (--at-minutes, default 5 10 15 20 30; null where
+the run was shorter); the valid-loss curve against training time (--figure-time plots all
+configurations in one figure). The goal of issue 5: best_valid_loss <= the classic's and
+seconds_to_classic_loss <= 3 x the classic's own time to its best, judged per seed.
+
+Machine load (experiments/machine_load.py, Linux /proc): before each configuration, the CPU
+time other processes used over a short quiet check; during its training, sampled every
+--load-interval seconds, the 1-minute load average and the CPU time of every process outside
+the benchmark's own process tree. A configuration whose training shared the machine with
+more than --busy-cores (default 0.1) of one core on average is flagged busy: a loud warning,
+"busy": true in the JSON, "(busy)" in the tables. Its times, and every ratio built on them,
+are not to be trusted. Elsewhere than Linux the load is "unknown" (null).
 
 Memory against NFE: one training step of a full study-form NODE-Transformer (mini
 dimensions, a fixed synthetic batch) at tolerances 1e-2, 1e-3, 1e-4, with adjoint and with
@@ -35,6 +49,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from . import machine_load as ml
 from . import runner as rx
 from .files import table, write_json
 from .models import SIZES, build_model, write_dicts
@@ -62,28 +77,56 @@ CONFIGS = {
 }
 CLASSIC = "classic-1layer"
 TOLERANCES = (1e-2, 1e-3, 1e-4)
+AT_MINUTES = (5.0, 10.0, 15.0, 20.0, 30.0)
+QUIET_CHECK_SECONDS = 10.0
 
 
 # --------------------------------------------------------------------------------------------
 # training runs
 
 
-def run_config(name: str, args, budget_minutes: float) -> dict:
+def run_name(name: str, seed: Optional[int]) -> str:
+    """OUT/NAME without --seeds (the layout of earlier benchmarks), OUT/NAME-seedS with."""
+    return name if seed is None else f"{name}-seed{seed}"
+
+
+def run_config(name: str, args, budget_minutes: float, seed: Optional[int] = None) -> dict:
+    """Train one configuration; its summary, with the machine's load before ("load_before",
+    a quiet check) and during the training ("load") added."""
     config, extra = CONFIGS[name]
+    run = run_name(name, seed)
+    extra = list(extra) + (["--seed", str(seed)] if seed is not None else [])
     cmd = [sys.executable, os.path.join(SCRIPTS, "run_experiment.py"), config, "--scale", "mini",
-           "--data-bin", args.data_bin, "--out", args.out, "--run-name", name, "--force",
+           "--data-bin", args.data_bin, "--out", args.out, "--run-name", run, "--force",
            "--quiet", "--budget-minutes", f"{budget_minutes:.4g}"]
     if args.smoke:
         cmd.append("--smoke")
     if extra:
         cmd += ["--extra", *extra]
-    print(f"{PROG}: {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL)
-    summary_path = os.path.join(args.out, name, "summary.json")
+    before = ml.quiet_check(args.quiet_seconds, args.busy_cores)
+    if before["busy"]:
+        print(f"{PROG}: WARNING: the machine is busy before {run}: {ml.describe(before)}",
+              file=sys.stderr, flush=True)
+    print(f"{PROG}: {run}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    with ml.LoadMonitor(args.load_interval, args.busy_cores) as monitor:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL)
+    load = monitor.result
+    print(f"{PROG}: {run}: {ml.describe(load)}", file=sys.stderr, flush=True)
+    if load["busy"]:
+        print(busy_warning(run, load), file=sys.stderr, flush=True)
+    summary_path = os.path.join(args.out, run, "summary.json")
     if not os.path.exists(summary_path):
-        raise SystemExit(f"{PROG}: error: {name}: run_experiment.py wrote no summary (exit {proc.returncode})")
+        raise SystemExit(f"{PROG}: error: {run}: run_experiment.py wrote no summary (exit {proc.returncode})")
     with open(summary_path, encoding="utf-8") as f:
-        return json.load(f)
+        summary = json.load(f)
+    summary["load_before"], summary["load"] = before, load
+    return summary
+
+
+def busy_warning(run: str, load: dict) -> str:
+    return (f"{PROG}: WARNING: BUSY MACHINE during {run}: other processes used "
+            f"{load['other_cpu_cores']:.2f} cores on average (threshold {load['busy_threshold_cores']:g}): "
+            "its times and the ratios built on them are not trustworthy; rerun it on a quiet machine")
 
 
 def read_epochs(run_dir: str) -> List[dict]:
@@ -115,13 +158,59 @@ def node_budget_minutes(classic_epochs: List[dict], classic_best: Optional[float
     return factor * (t / 60.0 if t else fallback_minutes)
 
 
+def valid_curve(epochs: List[dict]) -> List[List[float]]:
+    """[training seconds, valid loss] of every validation, in order."""
+    out = []
+    for row in epochs:
+        loss, wall = _float(row.get("valid_loss")), _float(row.get("wall_seconds"))
+        if loss is not None and wall is not None:
+            out.append([wall, loss])
+    return out
+
+
+def minutes_key(m: float) -> str:
+    return f"{m:g}"
+
+
+def best_loss_by(epochs: List[dict], at_minutes) -> Dict[str, Optional[float]]:
+    """The best valid loss of the validations made by each training time (minutes, JSON
+    keys as "5", "7.5"); null where the run trained for less than that (its loss there is
+    not known) or had no validation by then."""
+    curve = valid_curve(epochs)
+    walls = [_float(r.get("wall_seconds")) for r in epochs]
+    trained = max([w for w in walls if w is not None], default=None)
+    out = {}
+    for m in at_minutes:
+        seen = [loss for wall, loss in curve if wall <= m * 60.0]
+        out[minutes_key(m)] = (min(seen) if seen and trained is not None and trained >= m * 60.0
+                               else None)
+    return out
+
+
+def seed_of(summary: dict) -> Optional[int]:
+    """fairseq's --seed of the run's command (the last one wins, as in fairseq's parser)."""
+    cmd = summary.get("command") or []
+    seed = None
+    for flag, value in zip(cmd, cmd[1:]):
+        if flag == "--seed":
+            try:
+                seed = int(value)
+            except ValueError:
+                pass
+    return seed
+
+
 def nfe_per_update(summary: dict, direction: str) -> Optional[float]:
     means = [v["mean"] for k, v in summary.get("nfe_train_inner", {}).items() if k.endswith("_" + direction)]
     return round(sum(means), 1) if means else None
 
 
-def row_of(name: str, summary: dict, epochs: List[dict], classic_best: Optional[float]) -> dict:
+def row_of(name: str, summary: dict, epochs: List[dict], classic_best: Optional[float],
+           at_minutes=AT_MINUTES, run: Optional[str] = None) -> dict:
     peak = summary.get(mn.CUDA_PEAK) or summary.get("peak_rss_mb")
+    load = summary.get("load")
+    curve = valid_curve(epochs)
+    walls = [w for w in (_float(r.get("wall_seconds")) for r in epochs) if w is not None]
     return {
         "name": name,
         "best_valid_loss": summary.get("best_valid_loss"),
@@ -137,7 +226,23 @@ def row_of(name: str, summary: dict, epochs: List[dict], classic_best: Optional[
         "stop_reason": summary.get("stop_reason"),
         mn.SKIPPED: summary.get(mn.SKIPPED),
         "command_line": summary.get("command_line"),
+        "run": run or name,
+        "seed": seed_of(summary),
+        "training_seconds": max(walls) if walls else None,
+        "best_valid_loss_at_minutes": best_loss_by(epochs, at_minutes),
+        "valid_curve": curve,
+        "busy": load.get("busy") if load else None,
+        "load": load,
+        "load_before": summary.get("load_before"),
     }
+
+
+def by_seed(rows: List[dict]) -> Dict[str, List[dict]]:
+    """Rows grouped by their "seed" (as a JSON key; "-" when unknown), in order."""
+    groups: Dict[str, List[dict]] = {}
+    for r in rows:
+        groups.setdefault("-" if r.get("seed") is None else str(r["seed"]), []).append(r)
+    return groups
 
 
 def verdict(rows: List[dict]) -> Dict[str, object]:
@@ -269,48 +374,140 @@ def memory_vs_nfe(smoke: bool) -> List[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-MEMORY_COLUMNS = ("backprop", "tol", "nfe_forward", "nfe_backward", "step_peak_mb")
+def _f(v) -> str:
+    return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+def _multi_seed(rows: List[dict]) -> bool:
+    return len(by_seed(rows)) > 1
+
+
+def _label(r: dict, multi: bool) -> str:
+    seed = f" (seed {r['seed']})" if multi and r.get("seed") is not None else ""
+    return r["name"] + seed + (" (busy)" if r.get("busy") else "")
+
+
+def _verdict_of(doc: dict, r: dict) -> dict:
+    """The row's verdict: against the classic of its own seed."""
+    per_seed = doc.get("verdict_by_seed")
+    v = per_seed.get("-" if r.get("seed") is None else str(r["seed"])) if per_seed else None
+    return (v if v is not None else doc.get("verdict", {})).get(r["name"], {})
+
+
+def _at_minutes(doc: dict) -> List[str]:
+    if doc.get("at_minutes"):
+        return [minutes_key(m) for m in doc["at_minutes"]]
+    keys: List[str] = []
+    for r in doc["configurations"]:
+        keys += [k for k in (r.get("best_valid_loss_at_minutes") or {}) if k not in keys]
+    return sorted(keys, key=float)
+
+
+def report_lines(doc: dict, md: bool = True) -> List[str]:
+    """The tables of a benchmark JSON: markdown for the results page, plain for the console.
+    Files written before a field existed show "-" for it."""
+    rows = doc["configurations"]
+    multi = _multi_seed(rows)
+    lines = []
+    if doc.get("node_budget_minutes") is not None:
+        per_seed = doc.get("node_budget_minutes_by_seed") or {}
+        node = (", ".join(f"{m:g} min (seed {s})" for s, m in per_seed.items()) if len(per_seed) > 1
+                else f"{doc['node_budget_minutes']:g} min")
+        lines += [f"Training budgets: classic {doc['budget_minutes']:g} min; each NODE configuration "
+                  f"{node} ({doc['node_budget_factor']:g} x the classic's "
+                  "time to its best loss).", ""]
+    header = ("configuration", "best valid loss", "s to classic's best", "time ratio", "tokens/s",
+              "NFE fwd / update", "NFE bwd / update", "peak memory (MB)", "updates", "goal met",
+              "other processes' CPU (cores)", "load average")
+    cells = []
+    for r in rows:
+        v = _verdict_of(doc, r)
+        load = r.get("load") or {}
+        cells.append([_label(r, multi), _f(r["best_valid_loss"]), _f(r["seconds_to_classic_loss"]),
+                      _f(v.get("time_ratio_to_classic_loss", 1.0 if r["name"] == CLASSIC else None)),
+                      _f(r["tokens_per_second"]), _f(r["nfe_forward"]), _f(r["nfe_backward"]),
+                      _f(r["peak_memory_mb"]), _f(r["updates"]), _f(v.get("goal_met")) if v else "reference",
+                      _f(load.get("other_cpu_cores")), _f(load.get("loadavg_mean"))])
+    lines += table(header, cells, markdown=md)
+    busy = [r for r in rows if r.get("busy")]
+    loads = [r["load"] for r in rows if (r.get("load") or {}).get("other_cpu_cores") is not None]
+    if busy:
+        lines += ["", f"(busy): other processes used more than {busy[0]['load']['busy_threshold_cores']:g} "
+                  "of one core on average while a configuration so marked trained; its times, and the ratios "
+                  "built on them, are not trustworthy."]
+    elif loads:
+        lines += ["", f"Machine load: other processes used at most "
+                  f"{max(x['other_cpu_cores'] for x in loads):g} of one core on average during any "
+                  f"configuration's training (busy above {loads[0]['busy_threshold_cores']:g})."]
+    minutes = _at_minutes(doc)
+    if any(r.get("best_valid_loss_at_minutes") for r in rows):
+        lines += ["", "Best valid loss at equal wall-clock (training) time:", ""]
+        lines += table(("configuration", *(f"{m} min" for m in minutes)),
+                       [[_label(r, multi), *(_f((r.get("best_valid_loss_at_minutes") or {}).get(m))
+                                             for m in minutes)] for r in rows], markdown=md)
+    else:
+        lines += ["", "(No best valid loss at equal wall-clock time: this file predates it.)"]
+    if doc.get("memory_vs_nfe"):
+        header = ("backprop", "tolerance", "NFE forward", "NFE backward", "peak memory of the step (MB)")
+        lines += [""] + table(header, [_memory_cells(m, _f) for m in doc["memory_vs_nfe"]], markdown=md)
+    return lines
+
+
+def markdown(doc: dict) -> str:
+    """The results page's tables, from a benchmark JSON."""
+    return "\n".join(report_lines(doc, md=True))
+
+
+def print_report(doc: dict) -> None:
+    """The console's tables, each verdict in words (per seed), and the busy warnings again."""
+    print("\n".join(report_lines(doc, md=False)))
+    groups = by_seed(doc["configurations"])
+    for r in doc["configurations"]:
+        v = _verdict_of(doc, r)
+        if r["name"] != CLASSIC and v:
+            seed = f" (seed {r['seed']})" if r.get("seed") is not None else ""
+            same_seed = groups["-" if r.get("seed") is None else str(r["seed"])]
+            busy = any(x.get("busy") for x in same_seed if x is r or x["name"] == CLASSIC)
+            print(f"{r['name']}{seed}: time to the classic's best loss = {v['time_ratio_to_classic_loss']} x "
+                  f"the classic's; throughput {v['tokens_per_second_ratio']} x; goal met: {v['goal_met']}"
+                  + (" (BUSY MACHINE: not trustworthy)" if busy else ""))
+    for r in doc["configurations"]:
+        if r.get("busy"):
+            print(busy_warning(r.get("run") or r["name"], r["load"]))
 
 
 def _memory_cells(m: dict, peak) -> list:
     return [m["backprop"], f"{m['tol']:g}", m["nfe_forward"], m["nfe_backward"], peak(m["step_peak_mb"])]
 
 
-def print_table(rows: List[dict], verdicts: dict, memory: List[dict]) -> None:
-    cols = ("name", "best_valid_loss", "seconds_to_classic_loss", "tokens_per_second",
-            "nfe_forward", "nfe_backward", "peak_memory_mb", "updates")
-    print("\n".join(table(cols, [["-" if r[c] is None else r[c] for c in cols] for r in rows],
-                          markdown=False)))
-    for name, v in verdicts.items():
-        print(f"{name}: time to the classic's best loss = {v['time_ratio_to_classic_loss']} x the classic's; "
-              f"throughput {v['tokens_per_second_ratio']} x; goal met: {v['goal_met']}")
-    if memory:
-        print("\n".join(table(MEMORY_COLUMNS, [_memory_cells(m, str) for m in memory], markdown=False)))
+def time_figure(doc: dict, path: str) -> None:
+    """Valid loss against training time, every configuration (and seed) in one figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-
-def markdown(doc: dict) -> str:
-    """The results page's tables, from a benchmark JSON."""
-    def f(v):
-        return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
-    lines = []
-    if doc.get("node_budget_minutes") is not None:
-        lines += [f"Training budgets: classic {doc['budget_minutes']:g} min; each NODE configuration "
-                  f"{doc['node_budget_minutes']:g} min ({doc['node_budget_factor']:g} x the classic's "
-                  "time to its best loss).", ""]
-    header = ("configuration", "best valid loss", "s to classic's best", "time ratio", "tokens/s",
-              "NFE fwd / update", "NFE bwd / update", "peak memory (MB)", "updates", "goal met")
-    cells = []
-    for r in doc["configurations"]:
-        v = doc["verdict"].get(r["name"], {})
-        cells.append([r["name"], f(r["best_valid_loss"]), f(r["seconds_to_classic_loss"]),
-                      f(v.get("time_ratio_to_classic_loss", 1.0 if r["name"] == CLASSIC else None)),
-                      f(r["tokens_per_second"]), f(r["nfe_forward"]), f(r["nfe_backward"]),
-                      f(r["peak_memory_mb"]), f(r["updates"]), f(v.get("goal_met")) if v else "reference"])
-    lines += table(header, cells)
-    if doc.get("memory_vs_nfe"):
-        header = ("backprop", "tolerance", "NFE forward", "NFE backward", "peak memory of the step (MB)")
-        lines += [""] + table(header, [_memory_cells(m, f) for m in doc["memory_vs_nfe"]])
-    return "\n".join(lines)
+    rows = [r for r in doc["configurations"] if r.get("valid_curve")]
+    if not rows:
+        raise SystemExit(f"{PROG}: error: no valid-loss curves in the benchmark file (it predates them)")
+    multi = _multi_seed(rows)
+    seeds = list(by_seed(rows))
+    colours = {n: f"C{i}" for i, n in enumerate(dict.fromkeys(r["name"] for r in rows))}
+    styles = ("-", "--", ":", "-.")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in rows:
+        seed = "-" if r.get("seed") is None else str(r["seed"])
+        xs = [w / 60.0 for w, _ in r["valid_curve"]]
+        ys = [loss for _, loss in r["valid_curve"]]
+        ax.plot(xs, ys, marker="o", markersize=3, color=colours[r["name"]],
+                linestyle=styles[seeds.index(seed) % len(styles)], label=_label(r, multi))
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("valid loss (bits)")
+    ax.set_title("valid loss against wall-clock training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def memory_figure(doc: dict, path: str) -> None:
@@ -337,6 +534,47 @@ def memory_figure(doc: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return v
+    return parse
+
+
+def _seed(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer seed")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def run_seed(a, names: List[str], seed: Optional[int], stages: Stages, first: int):
+    """The classic, then the NODE configurations for factor x its time to its best loss:
+    their rows, verdict and the NODE budget (minutes)."""
+    classic_run = run_name(CLASSIC, seed)
+    stages.start(first, "training")
+    summaries = {CLASSIC: run_config(CLASSIC, a, a.budget_minutes, seed)}
+    classic_best = summaries[CLASSIC].get("best_valid_loss")
+    node_minutes = node_budget_minutes(read_epochs(os.path.join(a.out, classic_run)), classic_best,
+                                       a.node_budget_factor, a.budget_minutes)
+    for i, n in enumerate(names):
+        if n != CLASSIC:
+            stages.expected[first + i] = node_minutes * 60 + 30
+            stages.start(first + i, f"training for {node_minutes:.3g} min")
+            summaries[n] = run_config(n, a, node_minutes, seed)
+    rows = [row_of(n, summaries[n], read_epochs(os.path.join(a.out, run_name(n, seed))), classic_best,
+                   a.at_minutes, run_name(n, seed)) for n in names]
+    return rows, verdict(rows), node_minutes
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -351,10 +589,27 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=os.path.join(ROOT, "docs", "benchmark.json"), metavar="FILE")
     p.add_argument("--only", nargs="+", choices=sorted(CONFIGS), metavar="NAME",
                    help=f"a subset of: {', '.join(CONFIGS)} ({CLASSIC} is always run)")
+    p.add_argument("--seeds", nargs="+", type=_seed, metavar="S",
+                   help="run every selected configuration once per seed (fairseq --seed S) into "
+                        "OUT/NAME-seedS (default: once, with the configs' own seed, into OUT/NAME)")
+    p.add_argument("--at-minutes", nargs="+", type=_positive(float), default=list(AT_MINUTES), metavar="M",
+                   help="training times at which every configuration's best valid loss so far is "
+                        f"reported (default {' '.join(f'{m:g}' for m in AT_MINUTES)})")
+    p.add_argument("--busy-cores", type=float, default=ml.BUSY_CORES, metavar="C",
+                   help="flag a configuration busy when other processes used more than C cores on "
+                        f"average during its training (default {ml.BUSY_CORES:g})")
+    p.add_argument("--load-interval", type=_positive(float), default=ml.SAMPLE_SECONDS, metavar="S",
+                   help=f"seconds between load samples (default {ml.SAMPLE_SECONDS:g})")
+    p.add_argument("--quiet-seconds", type=float, metavar="S",
+                   help="length of the load check before each configuration "
+                        f"(default {QUIET_CHECK_SECONDS:g}; 1 with --smoke)")
     p.add_argument("--skip-memory", action="store_true", help="no memory-against-NFE probes")
     p.add_argument("--smoke", action="store_true", help="tiny models and budgets: checks the pipeline")
     p.add_argument("--render", metavar="FILE", help="print a benchmark JSON as markdown tables and exit")
     p.add_argument("--figure", metavar="PNG", help="with --render: also plot memory against NFE")
+    p.add_argument("--figure-time", metavar="PNG",
+                   help="plot valid loss against training time, all configurations in one figure "
+                        "(with --render: of that file; else of this run)")
     p.add_argument("--memory-probe", nargs=2, metavar=("BACKPROP", "TOL"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
@@ -364,6 +619,8 @@ def main(argv=None) -> int:
         print(markdown(doc))
         if a.figure:
             memory_figure(doc, a.figure)
+        if a.figure_time:
+            time_figure(doc, a.figure_time)
         return 0
     if a.memory_probe:
         print(json.dumps(memory_probe(a.memory_probe[0], float(a.memory_probe[1]), a.smoke)))
@@ -374,42 +631,64 @@ def main(argv=None) -> int:
         p.error("--budget-minutes must be > 0")
     if not a.node_budget_factor > 0:
         p.error("--node-budget-factor must be > 0")
+    if not a.busy_cores >= 0:
+        p.error("--busy-cores must be >= 0")
+    if a.seeds and len(set(a.seeds)) != len(a.seeds):
+        p.error(f"--seeds {' '.join(map(str, a.seeds))}: a seed is given twice")
+    if a.quiet_seconds is None:
+        a.quiet_seconds = 1.0 if a.smoke else QUIET_CHECK_SECONDS
+    elif a.quiet_seconds < 0:
+        p.error("--quiet-seconds must be >= 0")
+    a.at_minutes = sorted(set(a.at_minutes))
     names = [n for n in CONFIGS if n == CLASSIC or not a.only or n in a.only]
+    seeds = a.seeds or [None]
     started = datetime.datetime.now().astimezone()
-    # time left: the budgets (plus start-up and the last validation); the NODE runs' budget
-    # is known once the classic has run, its upper bound (factor x its budget) until then
-    stages = Stages(PROG, names, [(a.budget_minutes * (1 if n == CLASSIC else a.node_budget_factor))
-                                  * 60 + 30 for n in names])
-    stages.start(0, "training")
-    summaries = {CLASSIC: run_config(CLASSIC, a, a.budget_minutes)}
-    classic_best = summaries[CLASSIC].get("best_valid_loss")
-    node_minutes = node_budget_minutes(read_epochs(os.path.join(a.out, CLASSIC)), classic_best,
-                                       a.node_budget_factor, a.budget_minutes)
-    for i, n in enumerate(names):
-        if n != CLASSIC:
-            stages.expected[i] = node_minutes * 60 + 30
-            stages.start(i, f"training for {node_minutes:.3g} min")
-            summaries[n] = run_config(n, a, node_minutes)
-    rows = [row_of(n, summaries[n], read_epochs(os.path.join(a.out, n)), classic_best) for n in names]
-    verdicts = verdict(rows)
+    # time left: the budgets (plus start-up, the load check and the last validation); the NODE
+    # runs' budget is known once the classic has run, its upper bound (factor x its budget) until then
+    stages = Stages(PROG, [run_name(n, s) for s in seeds for n in names],
+                    [(a.budget_minutes * (1 if n == CLASSIC else a.node_budget_factor)) * 60 + 30
+                     + a.quiet_seconds for s in seeds for n in names])
+    rows, verdicts, node_minutes = [], {}, {}
+    for k, seed in enumerate(seeds):
+        r, v, m = run_seed(a, names, seed, stages, k * len(names))
+        rows += r
+        key = "-" if seed is None else str(seed)
+        verdicts[key], node_minutes[key] = v, round(m, 3)
+    stages.finish()
     memory = [] if a.skip_memory else memory_vs_nfe(a.smoke)
-    print_table(rows, verdicts, memory)
+    first = next(iter(verdicts))
+    busy = [r["run"] for r in rows if r.get("busy")]
     doc = {
         "configurations": rows,
-        "verdict": verdicts,
+        "verdict": verdicts[first],
         "memory_vs_nfe": memory,
         "budget_minutes": a.budget_minutes,
         "node_budget_factor": a.node_budget_factor,
-        "node_budget_minutes": round(node_minutes, 3),
+        "node_budget_minutes": node_minutes[first],
+        "seeds": a.seeds,
+        "verdict_by_seed": verdicts if a.seeds else None,
+        "node_budget_minutes_by_seed": node_minutes if a.seeds else None,
+        "at_minutes": a.at_minutes,
+        "busy_threshold_cores": a.busy_cores,
+        "load_interval_seconds": a.load_interval,
+        "busy_runs": busy,
+        "load_known": all(r.get("busy") is not None for r in rows),
         "smoke": a.smoke,
         "command": " ".join([os.path.relpath(sys.argv[0], ROOT) if sys.argv[0] else "benchmark.py", *(argv or sys.argv[1:])]),
         "machine": rx.machine_info(),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
+    print_report(doc)
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     write_json(a.json, doc)
     print(f"{PROG}: wrote {a.json}", file=sys.stderr)
+    if a.figure_time:
+        time_figure(doc, a.figure_time)
+        print(f"{PROG}: wrote {a.figure_time}", file=sys.stderr)
+    if busy:
+        print(f"{PROG}: WARNING: BUSY MACHINE: {', '.join(busy)} shared the machine with other "
+              "processes; rerun them on a quiet machine before trusting their times", file=sys.stderr)
     return 0
 
 

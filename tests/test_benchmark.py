@@ -123,5 +123,138 @@ def test_smoke_benchmark_writes_the_json(tmp_path):
                     "nfe_forward", "nfe_backward", "peak_memory_mb"):
             assert key in c
         assert c["best_valid_loss"] is not None and c["tokens_per_second"] > 0
+        assert c["run"] == c["name"] and c["seed"] == 1  # no --seeds: OUT/NAME, the configs' seed
+        assert list(c["best_valid_loss_at_minutes"]) == ["5", "10", "15", "20", "30"] and c["valid_curve"]
+        assert "busy" in c and "load" in c and "load_before" in c
+    assert doc["seeds"] is None and doc["verdict_by_seed"] is None
     assert len(doc["memory_vs_nfe"]) == 2 * len(bm.TOLERANCES)
     assert doc["node_budget_minutes"] > 0 and doc["node_budget_factor"] == bm.GOAL_TIME_RATIO
+
+
+def test_best_valid_loss_at_equal_training_times():
+    rows = epochs((6.0, 250), (5.0, 590), (5.2, 900), (4.8, 1250))  # 20.8 minutes of training
+    assert bm.best_loss_by(rows, (5, 10, 15, 20, 30)) == {"5": 6.0, "10": 5.0, "15": 5.0, "20": 5.0, "30": None}
+    # nothing validated by 4 min; at 21 min the run had stopped (after 1250 s)
+    assert bm.best_loss_by(rows, (4, 20.8, 21)) == {"4": None, "20.8": 5.0, "21": None}
+    assert bm.best_loss_by(epochs(("", 200), (5.5, 280), ("", 400)), (5,)) == {"5": 5.5}  # no validation at 400 s
+    assert bm.valid_curve(epochs(("", 200), (5.5, 400))) == [[400.0, 5.5]]
+
+
+def test_seed_of_is_the_last_seed_flag_of_the_command():
+    assert bm.seed_of({"command": ["x", "--seed", "1", "--lr", "4e-3", "--seed", "2"]}) == 2
+    assert bm.seed_of({"command": ["x"]}) is None and bm.seed_of({}) is None
+
+
+def with_load(s, other, busy, seed=1):
+    s = dict(s, command=["fairseq", "--seed", str(seed)])
+    s["load"] = {"other_cpu_cores": other, "other_cpu_cores_max": other, "loadavg_mean": 2.1,
+                 "busy": busy, "busy_threshold_cores": 0.1}
+    return s
+
+
+def seeded_doc():
+    rows, verdicts = [], {}
+    for seed, classic_t, node_t, busy in ((1, 200, 500, False), (2, 300, 1000, True)):
+        group = [bm.row_of("classic-1layer", with_load(summary(5.0, 1000.0), 0.02, False, seed),
+                           epochs((6, 100), (5.0, classic_t)), 5.0, (5,), f"classic-1layer-seed{seed}"),
+                 bm.row_of("project-best", with_load(summary(4.9, 600.0), 0.7 if busy else 0.03, busy, seed),
+                           epochs((7, 150), (4.9, node_t)), 5.0, (5,), f"project-best-seed{seed}")]
+        rows += group
+        verdicts[str(seed)] = bm.verdict(group)
+    return {"configurations": rows, "verdict": verdicts["1"], "verdict_by_seed": verdicts,
+            "memory_vs_nfe": [], "at_minutes": [5], "budget_minutes": 10, "node_budget_factor": 3,
+            "node_budget_minutes": 10.0, "node_budget_minutes_by_seed": {"1": 10.0, "2": 15.0}}
+
+
+def test_seeds_get_their_own_rows_and_verdicts_and_busy_rows_are_marked():
+    doc = seeded_doc()
+    assert [r["seed"] for r in doc["configurations"]] == [1, 1, 2, 2]
+    assert doc["verdict_by_seed"]["1"]["project-best"]["time_ratio_to_classic_loss"] == 2.5
+    assert doc["verdict_by_seed"]["2"]["project-best"]["time_ratio_to_classic_loss"] == 3.33
+    text = bm.markdown(doc)
+    assert "each NODE configuration 10 min (seed 1), 15 min (seed 2)" in text
+    assert "| project-best (seed 1) | 4.9 | 500 | 2.5 |" in text
+    assert "| project-best (seed 2) (busy) | 4.9 | 1000 | 3.33 |" in text
+    assert "| False | 0.7 | 2.1 |" in text and "| reference | 0.02 | 2.1 |" in text
+    assert "(busy): other processes used more than 0.1 of one core" in text
+    assert "| configuration | 5 min |" in text and "| classic-1layer (seed 2) | 5 |" in text
+    quiet = dict(doc, configurations=doc["configurations"][:2], verdict_by_seed=None,
+                 node_budget_minutes_by_seed=None)
+    text = bm.markdown(quiet)
+    assert "(busy)" not in text and "(seed" not in text
+    assert "Machine load: other processes used at most 0.03 of one core" in text
+
+
+def test_the_documented_benchmark_still_renders_with_dashes_for_the_new_fields():
+    with open(os.path.join(ROOT, "docs", "benchmark.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    text = bm.markdown(doc)
+    for r in doc["configurations"]:
+        assert f"| {r['name']} | {r['best_valid_loss']:g} |" in text
+    assert "| - | - |" in text and "predates" in text and "(busy)" not in text
+
+
+def test_render_draws_valid_loss_against_time_for_all_configurations(tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(seeded_doc()))
+    png = tmp_path / "time.png"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--render",
+                           str(path), "--figure-time", str(png)], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    old = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--render",
+                          os.path.join(ROOT, "docs", "benchmark.json"), "--figure-time", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, timeout=120, env=ENV)
+    assert old.returncode == 1 and "no valid-loss curves" in old.stderr
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--seeds", "1", "1"], "--seeds"), (["--seeds", "x"], "--seeds"), (["--at-minutes", "0"], "--at-minutes"),
+    (["--busy-cores", "-1"], "--busy-cores"), (["--load-interval", "0"], "--load-interval")])
+def test_bad_load_and_seed_arguments_are_named(tmp_path, args, named):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                           "--data-bin", str(tmp_path), *args],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 2 and named in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_with_two_seeds_records_load_equal_times_and_the_figure(tmp_path):
+    data_bin = os.path.join(ROOT, "data-bin", "multi30k_en_de")
+    if not os.path.isdir(data_bin):
+        pytest.skip("needs data-bin/multi30k_en_de (scripts/prepare_multi30k.py)")
+    out, png = tmp_path / "bench.json", tmp_path / "time.png"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                           "--data-bin", data_bin, "--out", str(tmp_path / "runs"), "--smoke",
+                           "--only", "project-best", "--seeds", "1", "2", "--skip-memory",
+                           "--budget-minutes", "0.2", "--at-minutes", "0.01", "60",
+                           "--load-interval", "1", "--quiet-seconds", "0.5",
+                           "--json", str(out), "--figure-time", str(png)],
+                          capture_output=True, text=True, timeout=1800, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [(c["name"], c["seed"]) for c in doc["configurations"]] == [
+        ("classic-1layer", 1), ("project-best", 1), ("classic-1layer", 2), ("project-best", 2)]
+    assert set(doc["verdict_by_seed"]) == {"1", "2"} and doc["verdict"] == doc["verdict_by_seed"]["1"]
+    for c in doc["configurations"]:
+        assert (tmp_path / "runs" / c["run"] / "summary.json").exists() and c["run"].endswith(f"-seed{c['seed']}")
+        assert c["command_line"].endswith(f"--seed {c['seed']}")
+        assert c["valid_curve"] and c["best_valid_loss_at_minutes"]["60"] is None  # ran < 60 min
+        assert c["best_valid_loss_at_minutes"]["0.01"] in (None, *[loss for _, loss in c["valid_curve"]])
+        if sys.platform.startswith("linux"):
+            assert isinstance(c["busy"], bool) and c["load"]["other_cpu_cores"] >= 0
+            assert c["load"]["samples"] >= 2 and c["load_before"]["seconds"] > 0
+            assert ("WARNING: BUSY MACHINE during " + c["run"] in proc.stderr) == c["busy"]
+    assert "Best valid loss at equal wall-clock" in proc.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_printed_verdicts_say_when_the_machine_was_busy(capsys):
+    bm.print_report(seeded_doc())
+    out = capsys.readouterr().out
+    assert "project-best (seed 1): time to the classic's best loss = 2.5 x the classic's; throughput 0.6 x; " \
+           "goal met: True\n" in out
+    assert "project-best (seed 2): time to the classic's best loss = 3.33 x" in out
+    assert "goal met: False (BUSY MACHINE: not trustworthy)" in out
+    assert "WARNING: BUSY MACHINE during project-best-seed2: other processes used 0.70 cores" in out
