@@ -191,6 +191,7 @@ def trajectories(model, dataset, device: str, ids: List[int], points: int) -> Li
             with torch.no_grad():
                 model(**sample["net_input"])
             for block, h0, inputs in list(captured):
+                inputs.pop("padding_mask", None)  # the block's, not the dynamics' (one sentence: no pads)
                 s = block.solver
                 ts = torch.linspace(s.ts[0], s.ts[-1], points, dtype=h0.dtype, device=h0.device)
                 with torch.no_grad():
