@@ -15,7 +15,7 @@ mkdir -p "$OUTDIR"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))" || exit 1
 echo "== CUDA tests"
-"$PY" -m pytest -q -m gpu tests 2>&1 | tee "$OUTDIR/gpu-tests.log"
+"$PY" -m pytest -q -o addopts="-p no:cacheprovider" -m gpu tests 2>&1 | tee "$OUTDIR/gpu-tests.log"
 rc=${PIPESTATUS[0]}
 echo "== timing, 12 s per variant (5 variants)"
 "$PY" scripts/time_variants.py --device cuda --seconds 12 --json "$OUTDIR/timing.json" 2>&1 \
