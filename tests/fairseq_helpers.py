@@ -63,3 +63,14 @@ def cli(tool, *args, timeout=600, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
+
+
+def train_argv(data, save_dir, model, *flags, lr, max_tokens, epochs, log=("--log-format", "json")):
+    """fairseq-train's arguments for a small NODE-Transformer on toy data (Adam, inverse_sqrt
+    with 10 warm-up updates, label-smoothed cross entropy, one seed); ``flags`` come after
+    the model's, so they can override its settings."""
+    return [data, "--user-dir", USER_DIR, "--task", "node_translation", "--arch", "node_transformer",
+            *model, *flags, "--optimizer", "adam", "--lr", str(lr), "--lr-scheduler", "inverse_sqrt",
+            "--warmup-updates", "10", "--criterion", "label_smoothed_cross_entropy",
+            "--label-smoothing", "0.1", "--max-tokens", str(max_tokens), "--max-epoch", str(epochs),
+            "--save-dir", save_dir, "--no-epoch-checkpoints", *log, "--num-workers", "0", "--seed", "1"]

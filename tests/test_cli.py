@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fairseq_helpers import ROOT, SIZES, USER_DIR, cli
+from fairseq_helpers import ROOT, SIZES, USER_DIR, cli, train_argv
 from fairseq_helpers import VARIANTS as STUDY_VARIANTS
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -37,14 +37,10 @@ def data_bin(tmp_path_factory):
 
 
 def train(data, save_dir, *flags, epochs=2):
-    return cli("fairseq-train", data, "--user-dir", USER_DIR, "--task", "node_translation",
-               "--arch", "node_transformer", *MODEL, *flags,
-               "--optimizer", "adam", "--lr", "5e-3", "--lr-scheduler", "inverse_sqrt",
-               "--warmup-updates", "10", "--criterion", "label_smoothed_cross_entropy",
-               "--label-smoothing", "0.1", "--max-tokens", "400", "--max-epoch", str(epochs),
-               "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "json",
-               "--log-interval", "2", "--num-workers", "0", "--seed", "1",
-               "--tensorboard-logdir", os.path.join(save_dir, "tb"), env=ENV)
+    return cli("fairseq-train", *train_argv(
+        data, save_dir, MODEL, *flags, lr=5e-3, max_tokens=400, epochs=epochs,
+        log=("--log-format", "json", "--log-interval", "2",
+             "--tensorboard-logdir", os.path.join(save_dir, "tb"))), env=ENV)
 
 
 def log_records(proc, kind):

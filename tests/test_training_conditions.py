@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from fairseq_helpers import ROOT, USER_DIR, batch, build, cli, write_dicts
+from fairseq_helpers import ROOT, USER_DIR, batch, build, cli, train_argv, write_dicts
 from node_transformer.ode_block import ODEBlock
 from test_cli import MODEL, N_TEST, data_bin, log_records  # noqa: F401  (data_bin: fixture)
 
@@ -20,14 +20,9 @@ NODE = ["--node-encoder", "--node-decoder"]
 
 
 def train_args(data, save_dir, *flags, epochs=1):
-    return [data, "--user-dir", USER_DIR, "--task", "node_translation",
-            "--arch", "node_transformer", *MODEL, "--dropout", "0.0", *flags,
-            "--optimizer", "adam", "--lr", "5e-3", "--lr-scheduler", "inverse_sqrt",
-            "--warmup-updates", "10", "--warmup-init-lr", "1e-4",
-            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-            "--max-tokens", "400", "--max-epoch", str(epochs), "--save-dir", save_dir,
-            "--no-epoch-checkpoints", "--log-format", "json", "--log-interval", "1",
-            "--num-workers", "0", "--seed", "1"]
+    return train_argv(data, save_dir, MODEL, "--dropout", "0.0", *flags, "--warmup-init-lr", "1e-4",
+                      lr=5e-3, max_tokens=400, epochs=epochs,
+                      log=("--log-format", "json", "--log-interval", "1"))
 
 
 def total(records, key):

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from fairseq_helpers import ROOT, USER_DIR, cli
+from fairseq_helpers import ROOT, USER_DIR, cli, train_argv
 
 ENV = {"OMP_NUM_THREADS": "1"}
 N_TEST = 7  # not a multiple of 8
@@ -57,13 +57,8 @@ def spm_data_bin(root):
 
 
 def train(data, save_dir, *flags, epochs=2):
-    return cli("fairseq-train", data, "--user-dir", USER_DIR, "--task", "node_translation",
-               "--arch", "node_transformer", *MODEL, *flags,
-               "--optimizer", "adam", "--lr", "1e-2", "--lr-scheduler", "inverse_sqrt",
-               "--warmup-updates", "10", "--criterion", "label_smoothed_cross_entropy",
-               "--label-smoothing", "0.1", "--max-tokens", "500", "--max-epoch", str(epochs),
-               "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple",
-               "--num-workers", "0", "--seed", "1", env=ENV)
+    return cli("fairseq-train", *train_argv(data, save_dir, MODEL, *flags, lr=1e-2, max_tokens=500,
+                                            epochs=epochs, log=("--log-format", "simple")), env=ENV)
 
 
 def trained_run(tmp_path_factory):
