@@ -61,7 +61,7 @@ def _one_of(choices, listed: bool = True) -> Callable[[Any], Optional[str]]:
 
 
 def _at_least(low, note: str = "") -> Callable[[Any], Optional[str]]:
-    # ``not v >= low`` also rejects NaN.
+    # NaN fails ``v >= low`` too.
     return lambda v: None if v is None or v >= low else f"must be >= {low}{note}, got {v}"
 
 
@@ -190,7 +190,7 @@ class NodeConfig(FairseqDataclass):
             raise NodeArgumentError("--node-separated-decoder requires --node-decoder")
         if self.node_reproduce_frozen_encoder and not self.node_decoder:
             raise NodeArgumentError("--node-reproduce-frozen-encoder requires --node-decoder")
-        dynamics = DYNAMICS[self.node_dynamics]
+        dynamics = self.dynamics_class
         if self.node_output_init != "zero" and not dynamics.takes_output_init:
             forms = " or ".join(k for k, v in DYNAMICS.items() if v.takes_output_init)
             raise NodeArgumentError(f"--node-output-init applies to --node-dynamics {forms} only")
@@ -210,30 +210,21 @@ class NodeConfig(FairseqDataclass):
     # -- typed views -----------------------------------------------------------------------
 
     def solver_settings(self) -> SolverSettings:
-        """The solver's settings (a SettingsError becomes a NodeArgumentError naming the flag)."""
-        flags = {f.metadata["solver"]: flag(f.name) for f in self.node_fields() if "solver" in f.metadata}
+        """The solver's settings, from the fields marked ``solver`` (a SettingsError becomes a
+        NodeArgumentError naming the flag)."""
+        solver = {f.metadata["solver"]: f.name for f in self.node_fields() if "solver" in f.metadata}
+        values = {key: getattr(self, name) for key, name in solver.items()}
+        values.update(ts=parse_ts(values["ts"]), max_nfe=values["max_nfe"] or None)  # 0: unbounded
         try:
-            return SolverSettings(
-                method=self.node_method,
-                rtol=self.node_rtol,
-                atol=self.node_atol,
-                ts=parse_ts(self.node_ts),
-                max_num_steps=self.node_max_num_steps,
-                max_nfe=self.node_max_nfe or None,
-                backprop=self.node_backprop,
-                steps=self.node_steps,
-                first_step=self.node_first_step,
-                min_step=self.node_min_step,
-                seminorm=self.node_adjoint_seminorm,
-            )
+            return SolverSettings(**values)
         except SettingsError as e:
-            raise NodeArgumentError(e.naming(lambda name: flags.get(name, name))) from None
+            raise NodeArgumentError(e.naming(lambda key: flag(solver.get(key, key)))) from None
 
     def regularisation(self) -> Regularisation:
         return Regularisation(kinetic=self.node_kinetic_energy, jacobian=self.node_jacobian_norm,
                               steer_b=self.node_steer_b)
 
     @property
-    def dynamics(self):
+    def dynamics_class(self):
         """The class of the ODE right-hand side (dynamics.DYNAMICS)."""
         return DYNAMICS[self.node_dynamics]

@@ -37,7 +37,7 @@ class _NODELayer(nn.Module):
         dim, heads = side_cfg.embed_dim, side_cfg.attention_heads
         self.aug = node.node_augment_dims * heads
         self.dropout = cfg.dropout
-        form = node.dynamics
+        form = node.dynamics_class
         if form.takes_output_init:
             dynamics_kwargs = dict(dynamics_kwargs, output_init=node.node_output_init)
         dynamics = form(

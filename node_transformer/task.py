@@ -29,11 +29,11 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from odeint_ext import ODESolveError
 
+from .config import NodeConfig
 from .metric_names import (BACKWARD, BATCHES, COUNTERS, CUDA_PEAK, DEFERRED, FIXED_STEP, FORWARD,
                            NFE_PREFIX, PENALTY_PREFIX, REPLAYED, SIDES, SKIPPED, VALID_COUNTERS,
                            nfe_key, penalty_key)
 from .ode_block import fixed_step_fallback, ode_blocks, record_backward_overruns, total_penalties
-from .config import NodeConfig
 
 logger = logging.getLogger(__name__)
 
