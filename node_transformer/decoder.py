@@ -4,6 +4,7 @@ import logging
 
 from fairseq.models.transformer import TransformerDecoderBase
 
+from .config import NodeConfig
 from .incremental import GenerationNFE, decoding_mode
 from .layers import NODEDecoderLayer
 
@@ -22,14 +23,15 @@ class NODETransformerDecoder(TransformerDecoderBase):
     ``--model-overrides``) always recomputes: the reference the cache is tested against.
     """
 
-    def __init__(self, cfg, dictionary, embed_tokens, *args, **kwargs):
+    def __init__(self, cfg, node: NodeConfig, dictionary, embed_tokens, *args, **kwargs):
+        self.node_config = node  # fairseq's __init__ builds the layers
         super().__init__(cfg, dictionary, embed_tokens, *args, **kwargs)
-        self.decoding = decoding_mode(cfg)
+        self.decoding = decoding_mode(node)
         self.generation_nfe = GenerationNFE()
         self._announced = None
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
-        return NODEDecoderLayer(cfg)
+        return NODEDecoderLayer(cfg, self.node_config)
 
     def cached_decoding(self) -> bool:
         """Whether generation steps solve the newest position only (see class docstring)."""

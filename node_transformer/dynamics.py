@@ -94,7 +94,10 @@ class TransformerDynamics(nn.Module):
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
 
-    post_norm = True
+    # What a form needs around it and which settings it takes (read by layers.py and config.py):
+    post_norm = True  # f is layer-normalised; if not, the block normalises once after the solve
+    takes_time = True  # time-dependent input (--node-time-dependent)
+    takes_output_init = False  # an ``output_init`` argument (--node-output-init)
 
     def _self_attn(self, x, self_attn_mask, self_padding_mask, stage_cache=None):
         # Cached decoding (incremental.StageCache): x is the newest position; the earlier
@@ -182,6 +185,8 @@ class PreNormDynamics(TransformerDynamics):
     """
 
     post_norm = False
+    takes_time = False
+    takes_output_init = True
 
     def __init__(self, *args, output_init: str = "zero", **kwargs):
         super().__init__(*args, **kwargs)

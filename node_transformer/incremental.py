@@ -92,8 +92,9 @@ class GenerationNFE:
         return self.rows / beam / sentences if sentences else 0.0
 
 
-def decoding_mode(cfg) -> str:
-    mode = getattr(cfg, "node_decoding", None) or "auto"
+def decoding_mode(settings) -> str:
+    """The ``node_decoding`` of a config.NodeConfig (or of any object that may carry one)."""
+    mode = getattr(settings, "node_decoding", None) or "auto"
     if mode not in DECODING_MODES:
         raise ValueError(f"node_decoding must be one of {', '.join(DECODING_MODES)}, got {mode!r}")
     return mode

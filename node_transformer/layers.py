@@ -16,10 +16,10 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules import LayerNorm, MultiheadAttention
 from torch import Tensor, nn
 
-from .dynamics import DYNAMICS, SolveDropout
+from .config import NodeConfig
+from .dynamics import SolveDropout
 from .incremental import StageCache, staged
 from .ode_block import ODEBlock
-from .options import regularisation, solver_config
 
 
 def _augment(x: Tensor, n: int) -> Tensor:
@@ -29,22 +29,27 @@ def _augment(x: Tensor, n: int) -> Tensor:
 
 
 class _NODELayer(nn.Module):
-    def __init__(self, cfg, side_cfg, dynamics_kwargs):
+    """``cfg``: fairseq's TransformerConfig (sizes, dropout, activation); ``node``: the
+    --node-* settings; ``side_cfg``: cfg.encoder or cfg.decoder."""
+
+    def __init__(self, cfg, node: NodeConfig, side_cfg, dynamics_kwargs):
         super().__init__()
         dim, heads = side_cfg.embed_dim, side_cfg.attention_heads
-        self.aug = cfg.node_augment_dims * heads
+        self.aug = node.node_augment_dims * heads
         self.dropout = cfg.dropout
-        if cfg.node_dynamics == "prenorm":
-            dynamics_kwargs = dict(dynamics_kwargs, output_init=cfg.node_output_init)
-        dynamics = DYNAMICS[cfg.node_dynamics](
+        form = node.dynamics_class
+        if form.takes_output_init:
+            dynamics_kwargs = dict(dynamics_kwargs, output_init=node.node_output_init)
+        dynamics = form(
             dim + self.aug, side_cfg.ffn_embed_dim, heads,
-            time_dependent=cfg.node_time_dependent, activation_dropout=cfg.activation_dropout, activation_fn=cfg.activation_fn,
-            **dynamics_kwargs,
+            time_dependent=node.node_time_dependent, activation_dropout=cfg.activation_dropout,
+            activation_fn=cfg.activation_fn, **dynamics_kwargs,
         )
-        self.block = ODEBlock(dynamics, solver_config(cfg), regularisation(cfg))
+        self.block = ODEBlock(dynamics, node.solver_settings(), node.regularisation())
         self.project = nn.Linear(dim + self.aug, dim) if self.aug else None
-        # Pre-norm dynamics leave the state unnormalised: normalise once after the solve.
-        self.final_norm = LayerNorm(dim) if cfg.node_dynamics == "prenorm" else None
+        # Dynamics without a normalised output leave the state unnormalised: normalise once
+        # after the solve.
+        self.final_norm = None if form.post_norm else LayerNorm(dim)
 
     def solve(self, x: Tensor, padding_mask: Optional[Tensor] = None, **inputs) -> Tensor:
         h = self.block(_augment(x, self.aug), padding_mask=padding_mask,
@@ -60,8 +65,8 @@ class _NODELayer(nn.Module):
 class NODEEncoderLayer(_NODELayer):
     """dh/dt = self-attention + feed-forward."""
 
-    def __init__(self, cfg):
-        super().__init__(cfg, cfg.encoder, dict(self_attention=True, encoder_attention=False))
+    def __init__(self, cfg, node: NodeConfig):
+        super().__init__(cfg, node, cfg.encoder, dict(self_attention=True, encoder_attention=False))
 
     def forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor] = None, attn_mask=None):
         return self.solve(x, padding_mask=encoder_padding_mask, self_padding_mask=encoder_padding_mask)
@@ -80,14 +85,14 @@ class NODEDecoderLayer(_NODELayer):
     per generated batch, not once per evaluation.
     """
 
-    def __init__(self, cfg):
-        separated = cfg.node_separated_decoder
+    def __init__(self, cfg, node: NodeConfig):
+        separated = node.node_separated_decoder
         heads = cfg.decoder.attention_heads
-        super().__init__(cfg, cfg.decoder, dict(
+        super().__init__(cfg, node, cfg.decoder, dict(
             self_attention=not separated, encoder_attention=True,
-            encoder_dim=cfg.encoder.embed_dim + cfg.node_augment_dims * heads,
+            encoder_dim=cfg.encoder.embed_dim + node.node_augment_dims * heads,
         ))
-        self.frozen_encoder = cfg.node_reproduce_frozen_encoder
+        self.frozen_encoder = node.node_reproduce_frozen_encoder
         self.self_attn = self.self_attn_norm = None
         if separated:
             dim = cfg.decoder.embed_dim

@@ -12,6 +12,7 @@ vector-Jacobian product per evaluation. Each is averaged over the state's positi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict
 
 import contextlib
 
@@ -25,6 +26,11 @@ class Regularisation:
     kinetic: float = 0.0  # coefficient of K (--node-kinetic-energy)
     jacobian: float = 0.0  # coefficient of J (--node-jacobian-norm)
     steer_b: float = 0.0  # training end time drawn from U(T - b, T + b) (--node-steer-b)
+
+    @property
+    def coefficients(self) -> Dict[str, float]:
+        """The coefficient of each RNODE penalty, by the name ODEBlock.penalties gives it."""
+        return {"kinetic": self.kinetic, "jacobian": self.jacobian}
 
     @property
     def integrates_penalties(self) -> bool:

@@ -29,24 +29,22 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from odeint_ext import ODESolveError
 
+from .config import NodeConfig
 from .metric_names import (BACKWARD, BATCHES, COUNTERS, CUDA_PEAK, DEFERRED, FIXED_STEP, FORWARD,
                            NFE_PREFIX, PENALTY_PREFIX, REPLAYED, SIDES, SKIPPED, VALID_COUNTERS,
                            nfe_key, penalty_key)
 from .ode_block import fixed_step_fallback, ode_blocks, record_backward_overruns, total_penalties
-from .options import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
-# The coefficient flag of each RNODE penalty.
-PENALTIES = (("kinetic", "node_kinetic_energy"), ("jacobian", "node_jacobian_norm"))
 # What a failed solve looks like: the budget, the non-finite guard and torchdiffeq's own
 # asserts, which odeint_ext turns into ODESolveError (in the adjoint backward too).
 SOLVER_ERRORS = (ODESolveError,)
 
 
-def _setting(model, name):
-    """A --node-* flag of the model (fairseq's legacy Transformer keeps its args)."""
-    return getattr(getattr(model, "args", None), name, DEFAULTS[name])
+def node_settings(model) -> NodeConfig:
+    """The model's --node-* settings; the defaults for a model of another architecture."""
+    return getattr(model, "node_config", None) or NodeConfig()
 
 
 def reset_nfe(model) -> None:
@@ -82,8 +80,7 @@ class PenalisedCriterion:
         loss, sample_size, log = self.criterion(model, sample)
         total, logged = 0.0, {}
         terms = total_penalties(model)
-        for name, flag in PENALTIES:
-            coef = _setting(model, flag)
+        for name, coef in node_settings(model).regularisation().coefficients.items():
             if coef > 0 and name in terms:
                 term = terms[name]
                 total = total + coef * term
@@ -189,8 +186,8 @@ class NODETranslationTask(TranslationTask):
                 if training:
                     keys[nfe_key(tag, BACKWARD)] = 0
         if training:
-            for name, flag in PENALTIES:
-                if _setting(model, flag) > 0:
+            for name, coef in node_settings(model).regularisation().coefficients.items():
+                if coef > 0:
                     keys[penalty_key(name)] = 0.0
         keys.update(dict.fromkeys(COUNTERS if training else VALID_COUNTERS, 0))
         return keys
@@ -248,14 +245,15 @@ class NODETranslationTask(TranslationTask):
         return (loss, sample_size, log), None
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        policy = _setting(model, "node_on_budget")
+        node = node_settings(model)
+        policy = node.node_on_budget
         out, error = self._attempt(sample, model, criterion, optimizer, update_num, ignore_grad)
         if error is not None:
             if policy == "error":
                 raise _stop(error)
             failed_nfe = collect_nfe(model, backward=True)
             if policy == "fixed-step":
-                steps = _setting(model, "node_fallback_steps")
+                steps = node.node_fallback_steps
                 logger.warning("solving the batch again with rk4, %d steps: %s", steps, error)
                 with fixed_step_fallback(model, steps):
                     out, again = self._attempt(sample, model, criterion, optimizer, update_num, ignore_grad)
@@ -317,7 +315,8 @@ class NODETranslationTask(TranslationTask):
 
     def valid_step(self, sample, model, criterion):
         reset_nfe(model)
-        policy = _setting(model, "node_on_budget")
+        node = node_settings(model)
+        policy = node.node_on_budget
         try:
             loss, sample_size, log = super().valid_step(sample, model, criterion)
         except SOLVER_ERRORS as e:
@@ -326,7 +325,7 @@ class NODETranslationTask(TranslationTask):
             if policy != "fixed-step":
                 log = {**collect_nfe(model, backward=False), BATCHES: 1, SKIPPED: 1}
                 return torch.zeros(()), 0, self._shaped(log, model, criterion, False)
-            with fixed_step_fallback(model, _setting(model, "node_fallback_steps")):
+            with fixed_step_fallback(model, node.node_fallback_steps):
                 loss, sample_size, log = super().valid_step(sample, model, criterion)
             log[FIXED_STEP] = 1
         log.update(collect_nfe(model, backward=False))

@@ -78,7 +78,7 @@ def test_config_flags_are_accepted_by_fairseq(scale, tmp_path):
     """Every config x scale parses with fairseq's own training parser, with the intended meaning."""
     from fairseq import options
 
-    from node_transformer.options import check_node_args
+    from node_transformer.config import NodeConfig
 
     expected = {
         "01": dict(encoder_layers=6, decoder_layers=6, node_encoder=False, node_decoder=False),
@@ -105,7 +105,7 @@ def test_config_flags_are_accepted_by_fairseq(scale, tmp_path):
         assert (args.encoder_embed_dim, args.encoder_ffn_embed_dim, args.encoder_attention_heads) == dims
         assert args.log_format == "json" and args.no_epoch_checkpoints
         assert args.stop_time_hours == pytest.approx(0.25 if scale == "mini" else 0.0, rel=1e-4)
-        check_node_args(args)
+        NodeConfig.from_namespace(args).validate()
         for key, value in expected[name[:2]].items():
             assert getattr(args, key) == pytest.approx(value), (name, key)
 

@@ -11,7 +11,7 @@ from fairseq_helpers import VARIANTS, batch, build, set_solver, write_dicts
 from node_transformer.dynamics import SolveDropout
 from node_transformer.encoder import NODETransformerEncoder
 from node_transformer.decoder import NODETransformerDecoder
-from node_transformer.options import NodeArgumentError, check_node_args, parse_ts, set_node_defaults
+from node_transformer.config import NodeArgumentError, NodeConfig, parse_ts
 from odeint_ext import MaxNFEExceeded
 
 PAIRS = [("w1 w2 w3 w4", "w5 w6 w7"), ("w3 w2", "w8 w9 w10 w11 w4"), ("w7", "w1 w2")]
@@ -125,9 +125,13 @@ def test_beam_search_equals_recomputing_the_prefix(data_dir, solver):
                 torch.testing.assert_close(hyp["positional_scores"], ref.float(), rtol=0, atol=1e-5)
 
 
+def check_node_args(args):
+    NodeConfig.from_namespace(args).validate()
+
+
 def ns(**kw):
     args = argparse.Namespace(**kw)
-    set_node_defaults(args)
+    NodeConfig.set_defaults(args)
     return args
 
 

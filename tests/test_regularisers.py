@@ -12,7 +12,7 @@ from torch import nn
 from fairseq_helpers import batch, build, set_solver, write_dicts
 from node_transformer.ode_block import ODEBlock
 from odeint_ext import SolverSettings
-from node_transformer.options import NodeArgumentError, check_node_args, set_node_defaults
+from node_transformer.config import NodeArgumentError, NodeConfig
 from node_transformer.regularisers import Regularisation
 
 PAIRS = [("w1 w2 w3 w4", "w5 w6 w7"), ("w3 w2", "w8 w9 w10 w11 w4"), ("w7", "w1 w2")]
@@ -148,9 +148,13 @@ def test_seminorm_flag_reaches_the_solver_and_saves_backward_steps(data_dir):
     assert with_seminorm < backward_nfe()
 
 
+def check_node_args(args):
+    NodeConfig.from_namespace(args).validate()
+
+
 def ns(**kw):
     args = argparse.Namespace(**kw)
-    set_node_defaults(args)
+    NodeConfig.set_defaults(args)
     return args
 
 

@@ -1,0 +1,230 @@
+"""The --node-* settings as one typed dataclass, in the style of fairseq's TransformerConfig.
+
+Each field is declared once: its type, default, help text, its own check and, for the
+solver's settings, the odeint_ext.SolverSettings field it feeds. The model's ``add_args``
+turns the fields into flags (``gen_parser_from_dataclass``); fairseq parses model flags with
+``argument_default=SUPPRESS``, so the architecture fills in the defaults
+(:meth:`NodeConfig.set_defaults`). Field names are the flags' and the checkpoints' names
+(``node_rtol`` is ``--node-rtol``), so saved args, ``--model-overrides`` and the hub's
+keyword overrides keep working.
+"""
+
+# No ``from __future__ import annotations``: fairseq reads the fields' types as classes.
+
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional, Tuple
+
+from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+
+from odeint_ext import METHODS, SettingsError, SolverSettings
+
+from .dynamics import DYNAMICS, OUTPUT_INITS
+from .incremental import DECODING_MODES
+from .regularisers import Regularisation
+
+ON_BUDGET = ("error", "skip", "fixed-step", "defer")
+
+
+class NodeArgumentError(ValueError):
+    """A --node-* flag, or a combination of them, that cannot work."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field: node_max_nfe -> --node-max-nfe."""
+    return "--" + name.replace("_", "-")
+
+
+def parse_ts(value) -> Tuple[float, ...]:
+    """'[0.0, 1.0]', '0,1', '0 0.5 1' or a sequence of numbers -> a strictly increasing tuple."""
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[\s,]+", value.strip().strip("[]()")) if p]
+        try:
+            ts = tuple(float(p) for p in parts)
+        except ValueError:
+            raise NodeArgumentError(f"--node-ts must be a list of numbers, got {value!r}") from None
+    else:
+        ts = tuple(float(v) for v in value)
+    if len(ts) < 2:
+        raise NodeArgumentError(f"--node-ts needs at least two times, got {value!r}")
+    if any(b <= a for a, b in zip(ts, ts[1:])):
+        raise NodeArgumentError(f"--node-ts must be strictly increasing, got {value!r}")
+    return ts
+
+
+# Per-field checks: value -> None, or what is wrong (the flag's name goes in front).
+
+def _one_of(choices, listed: bool = True) -> Callable[[Any], Optional[str]]:
+    words = "one of " + ", ".join(choices) if listed else " or ".join(choices)
+    return lambda v: None if v in choices else f"must be {words}, got {v!r}"
+
+
+def _at_least(low, note: str = "") -> Callable[[Any], Optional[str]]:
+    # NaN fails ``v >= low`` too.
+    return lambda v: None if v is None or v >= low else f"must be >= {low}{note}, got {v}"
+
+
+def _times(value) -> None:
+    parse_ts(value)  # raises, naming --node-ts
+
+
+def _node(default, text: str, check: Optional[Callable] = None, solver: Optional[str] = None):
+    """A field: ``check`` its own test, ``solver`` the SolverSettings field it becomes."""
+    meta = {"help": text}
+    if check is not None:
+        meta["check"] = check
+    if solver is not None:
+        meta["solver"] = solver
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class NodeConfig(FairseqDataclass):
+    """The --node-* settings. ``NodeConfig.from_namespace(args)`` (fairseq's) reads them from
+    a namespace; settings it lacks, e.g. an older checkpoint's, keep their defaults."""
+
+    node_encoder: bool = _node(False, "replace the encoder's stack of layers by one ODE block")
+    node_decoder: bool = _node(False, "replace the decoder's stack of layers by one ODE block")
+    node_separated_decoder: bool = _node(
+        False, "NODE decoder: classic residual self-attention, then an ODE block over "
+               "encoder-attention + feed-forward")
+    node_rtol: float = _node(0.01, "solver relative tolerance (default 0.01)", solver="rtol")
+    node_atol: float = _node(0.01, "solver absolute tolerance (default 0.01)", solver="atol")
+    node_method: str = _node("dopri5", f"torchdiffeq method (default dopri5): {', '.join(METHODS)}",
+                             solver="method")
+    node_ts: str = _node("[0.0, 1.0]", "integration times, increasing, e.g. '[0.0, 1.0]' (default)",
+                         check=_times, solver="ts")
+    node_max_num_steps: Optional[int] = _node(
+        None, "torchdiffeq's max_num_steps for adaptive methods", solver="max_num_steps")
+    node_max_nfe: Optional[int] = _node(
+        1000, "budget of function evaluations per solve, forward and backward each "
+              "(default 1000; 0 = unbounded)",
+        check=_at_least(0, " (0 = unbounded)"), solver="max_nfe")
+    node_augment_dims: int = _node(0, "augment the state with N x heads zero channels (default 0)",
+                                   check=_at_least(0))
+    node_time_dependent: bool = _node(False, "append t (heads channels) to the dynamics' input")
+    node_backprop: str = _node(
+        "adjoint", "adjoint (default, memory flat in NFE) or direct (through the solver)",
+        solver="backprop")
+    node_dynamics: str = _node(
+        "study", "study (default: post-norm sub-layers, no residual) or prenorm (residual branch "
+                 "of a pre-norm layer, zero-initialised, final LayerNorm after the solve)",
+        check=_one_of(tuple(DYNAMICS), listed=False))
+    node_output_init: str = _node(
+        "zero", "prenorm dynamics: zero (default: the flow starts as the identity) or xavier "
+                "(fairseq's own initialisation of the output projections)",
+        check=_one_of(OUTPUT_INITS, listed=False))
+    node_reproduce_frozen_encoder: bool = _node(
+        False, "for comparisons only: reproduce the study's bug, in which the NODE decoder "
+               "passed no gradient to the encoder output")
+    node_steps: Optional[int] = _node(
+        None, "fixed-grid methods: number of steps over the interval (default: the --node-ts grid)",
+        solver="steps")
+    node_decoding: str = _node(
+        "auto", "generation: auto (default: solve only the newest position where that is exact: "
+                "fixed-grid Runge-Kutta methods, the separated decoder) or recompute (solve the "
+                "whole prefix at every step); with fairseq-generate, "
+                "--model-overrides \"{'node_decoding': 'recompute'}\"",
+        check=_one_of(DECODING_MODES))
+    node_on_budget: str = _node(
+        "skip", "a training batch whose solve exceeds --node-max-nfe: error (stop), skip "
+                "(default: drop it, count it), fixed-step (solve it again with rk4, "
+                "--node-fallback-steps steps) or defer (train on it in the next epoch)",
+        check=_one_of(ON_BUDGET))
+    node_fallback_steps: int = _node(8, "rk4 steps of --node-on-budget fixed-step (default 8)",
+                                     check=_at_least(1))
+    node_first_step: Optional[float] = _node(
+        None, "adaptive methods: the first step size tried (default: the solver's guess)",
+        solver="first_step")
+    node_min_step: Optional[float] = _node(
+        None, "adaptive methods: steps this small are accepted whatever their error, which "
+              "bounds the number of steps (default 0)", solver="min_step")
+    node_adjoint_seminorm: bool = _node(
+        False, "adjoint backward: leave the parameter gradients out of the error norm "
+               "(fewer backward steps, Kidger et al. 2021)", solver="seminorm")
+    node_kinetic_energy: float = _node(
+        0.0, "RNODE: add C x integral of ||f||^2 dt to the training loss (default 0)",
+        check=_at_least(0))
+    node_jacobian_norm: float = _node(
+        0.0, "RNODE: add C x integral of ||df/dh||_F^2 dt (Hutchinson estimate) to the "
+             "training loss (default 0)", check=_at_least(0))
+    node_steer_b: float = _node(
+        0.0, "STEER: in training, draw the end time from U(T-B, T+B) per solve (default 0)",
+        check=_at_least(0))
+
+    # -- flags and namespaces ------------------------------------------------------------
+
+    @classmethod
+    def add_args(cls, parser) -> None:
+        """The flags, without defaults (see module docstring). fairseq passes the model's
+        "Model-specific configuration" group, whose argument_default SUPPRESS they need; a
+        group nested in it would not be shown by --help (argparse deprecates nesting)."""
+        gen_parser_from_dataclass(parser, cls(), delete_default=True)
+
+    @classmethod
+    def node_fields(cls):
+        return [f for f in fields(cls) if not f.name.startswith("_")]
+
+    @classmethod
+    def set_defaults(cls, args) -> None:
+        """Give ``args`` (a fairseq namespace, or an old checkpoint's) every missing setting."""
+        for f in cls.node_fields():
+            if not hasattr(args, f.name):
+                setattr(args, f.name, f.default)
+
+    def changed(self):
+        """The names of the fields that differ from their defaults."""
+        return [f.name for f in self.node_fields() if getattr(self, f.name) != f.default]
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def validate(self) -> "NodeConfig":
+        """Raise NodeArgumentError naming the first flag that cannot work; else return self."""
+        for f in self.node_fields():
+            check = f.metadata.get("check")
+            problem = check(getattr(self, f.name)) if check is not None else None
+            if problem:
+                raise NodeArgumentError(f"{flag(f.name)} {problem}")
+        if self.node_separated_decoder and not self.node_decoder:
+            raise NodeArgumentError("--node-separated-decoder requires --node-decoder")
+        if self.node_reproduce_frozen_encoder and not self.node_decoder:
+            raise NodeArgumentError("--node-reproduce-frozen-encoder requires --node-decoder")
+        dynamics = self.dynamics_class
+        if self.node_output_init != "zero" and not dynamics.takes_output_init:
+            forms = " or ".join(k for k, v in DYNAMICS.items() if v.takes_output_init)
+            raise NodeArgumentError(f"--node-output-init applies to --node-dynamics {forms} only")
+        if self.node_time_dependent and not dynamics.takes_time:
+            raise NodeArgumentError("--node-time-dependent is not available with "
+                                    f"--node-dynamics {self.node_dynamics}")
+        ts = self.solver_settings().ts  # odeint_ext checks the solver settings, all together
+        if self.node_steer_b >= ts[-1] - ts[-2]:
+            raise NodeArgumentError(f"--node-steer-b {self.node_steer_b} must be smaller than the "
+                                    f"last interval of --node-ts ({ts[-1] - ts[-2]:g})")
+        if not (self.node_encoder or self.node_decoder) and self.changed():
+            flags = ", ".join(flag(name) for name in self.changed())
+            raise NodeArgumentError(f"{flags} given without --node-encoder or --node-decoder: "
+                                    "no ODE block would use it")
+        return self
+
+    # -- typed views -----------------------------------------------------------------------
+
+    def solver_settings(self) -> SolverSettings:
+        """The solver's settings, from the fields marked ``solver`` (a SettingsError becomes a
+        NodeArgumentError naming the flag)."""
+        solver = {f.metadata["solver"]: f.name for f in self.node_fields() if "solver" in f.metadata}
+        values = {key: getattr(self, name) for key, name in solver.items()}
+        values.update(ts=parse_ts(values["ts"]), max_nfe=values["max_nfe"] or None)  # 0: unbounded
+        try:
+            return SolverSettings(**values)
+        except SettingsError as e:
+            raise NodeArgumentError(e.naming(lambda key: flag(solver.get(key, key)))) from None
+
+    def regularisation(self) -> Regularisation:
+        return Regularisation(kinetic=self.node_kinetic_energy, jacobian=self.node_jacobian_norm,
+                              steer_b=self.node_steer_b)
+
+    @property
+    def dynamics_class(self):
+        """The class of the ODE right-hand side (dynamics.DYNAMICS)."""
+        return DYNAMICS[self.node_dynamics]
