@@ -75,8 +75,9 @@ CONFIGS = {
         "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method", "midpoint",
         "--node-steps", "1", "--node-backprop", "direct", "--lr", "4e-3"]),
     # project-best's model and learning rate with an adaptive solver: Heun-Euler 2(1) at
-    # tolerance 1e-1, first step the whole interval (one accepted step is 3 evaluations),
-    # direct backprop (issue 16's search, RESULTS.md)
+    # tolerance 1e-1, first step the whole interval (one accepted step is 2 evaluations:
+    # torchdiffeq's Heun reuses the predictor's slope as the next step's first), direct
+    # backprop (issue 16's search, RESULTS.md)
     "adaptive-heun": ("04", [
         "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method",
         "adaptive_heun", "--node-rtol", "1e-1", "--node-atol", "1e-1", "--node-first-step", "1.0",

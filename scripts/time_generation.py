@@ -144,6 +144,7 @@ def generate_all(task, model, generator, batches, device) -> tuple:
     if dec is not None:
         dec.generation_nfe.reset()
     enc_total = enc_rows = 0
+    dec_total = dec_rows = dec_steps = 0  # summed over batches: the task resets its count per batch
     hyps = {}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -155,6 +156,9 @@ def generate_all(task, model, generator, batches, device) -> tuple:
             out = task.inference_step(generator, [model], sample)
         for i, sid in enumerate(sample["id"].tolist()):
             hyps[sid] = out[i][0]["tokens"]
+        if dec is not None:
+            g = dec.generation_nfe
+            dec_total, dec_rows, dec_steps = dec_total + g.total, dec_rows + g.rows, dec_steps + g.steps
         nfe = sum(s.nfe_forward for b in blocks_enc for s in b.solves)
         enc_total += nfe
         enc_rows += nfe * sample["net_input"]["src_tokens"].size(0)
@@ -166,9 +170,9 @@ def generate_all(task, model, generator, batches, device) -> tuple:
     if blocks_enc:
         nfe.update(nfe_enc_total=enc_total, nfe_enc_per_sentence=round(enc_rows / n, 1))
     if dec is not None:
-        g = dec.generation_nfe
-        nfe.update(nfe_dec_total=g.total, nfe_dec_per_sentence=round(g.per_sentence(n, generator.beam_size), 1),
-                   nfe_dec_per_step=round(g.total / max(g.steps, 1), 2))
+        nfe.update(nfe_dec_total=dec_total,
+                   nfe_dec_per_sentence=round(dec_rows / generator.beam_size / n, 1) if n else 0.0,
+                   nfe_dec_per_step=round(dec_total / max(dec_steps, 1), 2))
     return seconds, hyps, nfe
 
 
