@@ -185,13 +185,26 @@ def test_seeds_get_their_own_rows_and_verdicts_and_busy_rows_are_marked():
     assert "Machine load: other processes used at most 0.03 of one core" in text
 
 
-def test_the_documented_benchmark_still_renders_with_dashes_for_the_new_fields():
-    with open(os.path.join(ROOT, "docs", "benchmark.json"), encoding="utf-8") as f:
+# A benchmark JSON written before the load, equal-time and curve fields existed (the 2026-11-28 run).
+OLD_FORMAT = os.path.join(ROOT, "tests", "data", "benchmark_old_format.json")
+
+
+def test_an_older_benchmark_file_still_renders_with_dashes_for_the_new_fields():
+    with open(OLD_FORMAT, encoding="utf-8") as f:
         doc = json.load(f)
     text = bm.markdown(doc)
     for r in doc["configurations"]:
         assert f"| {r['name']} | {r['best_valid_loss']:g} |" in text
     assert "| - | - |" in text and "predates" in text and "(busy)" not in text
+
+
+def test_the_documented_benchmark_renders_its_equal_time_table():
+    with open(os.path.join(ROOT, "docs", "benchmark.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    text = bm.markdown(doc)
+    for r in doc["configurations"]:
+        assert f"| {r['name']} | {r['best_valid_loss']:g} |" in text
+    assert "| configuration | 5 min |" in text and "predates" not in text and "(busy)" not in text
 
 
 def test_render_draws_valid_loss_against_time_for_all_configurations(tmp_path):
@@ -204,7 +217,7 @@ def test_render_draws_valid_loss_against_time_for_all_configurations(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     old = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--render",
-                          os.path.join(ROOT, "docs", "benchmark.json"), "--figure-time", str(tmp_path / "x.png")],
+                          OLD_FORMAT, "--figure-time", str(tmp_path / "x.png")],
                          capture_output=True, text=True, timeout=120, env=ENV)
     assert old.returncode == 1 and "no valid-loss curves" in old.stderr
 
