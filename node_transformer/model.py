@@ -38,6 +38,13 @@ class NODETransformerModel(TransformerModel):
             model = super().build_model(args, task)
         finally:
             delattr(args, _BUILDING)
+        # fairseq copies extra keys into every TransformerConfig it makes of the args: take
+        # the build's copy off them, so that only ``model.node_config`` holds the settings.
+        for holder in (model, model.encoder, model.decoder):
+            for attr in ("cfg", "args"):
+                cfg = getattr(holder, attr, None)
+                if cfg is not None and _BUILDING in vars(cfg):
+                    delattr(cfg, _BUILDING)
         model.node_config = node
         return model
 

@@ -43,8 +43,18 @@ SOLVER_ERRORS = (ODESolveError,)
 
 
 def node_settings(model) -> NodeConfig:
-    """The model's --node-* settings; the defaults for a model of another architecture."""
-    return getattr(model, "node_config", None) or NodeConfig()
+    """The model's --node-* settings; the defaults for a model of another architecture.
+
+    A model with ODE blocks but no settings in reach is an error, not the defaults: a
+    wrapper that does not forward attributes (fairseq's ModuleProxyWrapper does) would
+    otherwise train with other budget and penalty settings than the ones asked for."""
+    node = getattr(model, "node_config", None)
+    if node is not None:
+        return node
+    if ode_blocks(model):
+        raise TypeError(f"{type(model).__name__} holds ODE blocks but no node_config: wrap the "
+                        f"model so that its attributes stay reachable (fairseq's ModuleProxyWrapper)")
+    return NodeConfig()
 
 
 def reset_nfe(model) -> None:

@@ -83,3 +83,29 @@ def test_old_checkpoint_args_without_newer_settings_build(data_dir):
     assert all(getattr(node, name) == getattr(defaults, name) for name in newer)
     assert model.decoder.decoding == "auto" and model.decoder.cached_decoding()
     assert not hasattr(args, "_node_config")  # the build leaves only plain values in the args
+    # ... and no copy of the settings in fairseq's configs of the model and its halves
+    for holder in (model, model.encoder, model.decoder):
+        assert not hasattr(holder.cfg, "_node_config"), type(holder).__name__
+    assert not hasattr(model.args, "_node_config")
+
+
+def test_node_settings_behind_a_wrapper(data_dir):
+    """The task reads the settings through fairseq's wrappers; a wrapper that hides them
+    is an error, not a silent switch to the defaults."""
+    import torch.nn as nn
+    from fairseq.distributed import ModuleProxyWrapper
+    from node_transformer.task import node_settings
+
+    task, model, _ = models.build_model(data_dir, *TINY, "--node-decoder", "--node-max-nfe", "77")
+    assert node_settings(model).node_max_nfe == 77
+
+    class Wrapper(nn.Module):  # forwards nothing, as DDP without fairseq's proxy
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert node_settings(ModuleProxyWrapper(Wrapper(model))).node_max_nfe == 77
+    with pytest.raises(TypeError, match="holds ODE blocks but no node_config"):
+        node_settings(Wrapper(model))
+    _, classic, _ = models.build_model(data_dir, *TINY)  # no ODE blocks: the defaults
+    assert node_settings(Wrapper(classic)) == NodeConfig()
