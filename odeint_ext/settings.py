@@ -131,9 +131,13 @@ class SolverSettings:
             return {"step_size": (self.ts[-1] - self.ts[0]) / self.steps}
         return None  # the grid is ts itself
 
-    def fixed_step(self, steps: int) -> "SolverSettings":
-        """The same solve on a grid of ``steps`` rk4 steps, without a budget: it cannot hang."""
-        return replace(self, method="rk4", steps=steps, max_nfe=None, first_step=None,
+    def fixed_step(self, steps: int, method: str = "rk4") -> "SolverSettings":
+        """The same solve on a grid of ``steps`` steps of a fixed-grid ``method``, without a
+        budget (it cannot hang) and without the adaptive methods' options."""
+        if method not in FIXED_GRID_METHODS:
+            raise SettingsError(f"{{method}} {_v(repr(method))} is not a fixed-grid method "
+                                f"({', '.join(FIXED_GRID_METHODS)})")
+        return replace(self, method=method, steps=steps, max_nfe=None, first_step=None,
                        min_step=None, max_num_steps=None, seminorm=False)
 
     def solve(self, func: Callable, y0, t: Optional[torch.Tensor] = None, *,

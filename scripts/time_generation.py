@@ -29,7 +29,6 @@ NFE: ``nfe_dec_total`` counts each decoder solve once (it covers the whole batch
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import json
 import os
@@ -113,7 +112,7 @@ def set_mode(model, mode: str, saved: Dict[ODEBlock, object]) -> None:
     if mode.startswith("fixed:"):
         _, method, steps = mode.split(":")
         for b in blocks:
-            b.solver = dataclasses.replace(b.solver, method=method, steps=int(steps), max_nfe=None)
+            b.solver = b.solver.fixed_step(int(steps), method)
         assert dec.cached_decoding(), f"{method} is not a fixed-grid Runge-Kutta method"
 
 

@@ -34,6 +34,16 @@ def test_fixed_step_is_rk4_on_a_grid_without_budget():
     assert f.options() == {"step_size": 0.5} and f.ts == s.ts and f.rtol == s.rtol
 
 
+def test_fixed_step_with_another_method_drops_the_adaptive_options():
+    """Decoding an adaptive_heun model trained with a first step on a Heun grid."""
+    s = SolverSettings(method="adaptive_heun", rtol=0.1, atol=0.1, first_step=1.0, min_step=0.01)
+    f = s.fixed_step(5, "heun2")
+    assert (f.method, f.steps, f.first_step, f.min_step) == ("heun2", 5, None, None)
+    assert f.options() == {"step_size": 0.2}
+    with pytest.raises(SettingsError, match="'dopri5' is not a fixed-grid method"):
+        s.fixed_step(2, "dopri5")
+
+
 def test_norm_goes_only_to_methods_that_take_one():
     norm = object()
     for method in RK_ADAPTIVE_METHODS:

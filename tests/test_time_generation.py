@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,3 +28,30 @@ def test_decoder_nfe_sums_every_batch(tmp_path):
     assert three["nfe_dec_total"] == 3 * one["nfe_dec_total"]
     assert three["nfe_dec_per_sentence"] == one["nfe_dec_per_sentence"]
     assert three["nfe_dec_per_step"] == one["nfe_dec_per_step"] == 2.0
+
+
+def test_fixed_grid_of_an_adaptive_model_trained_with_a_first_step():
+    """--fixed-grid replaces the solver of a model whose adaptive settings (here a first step)
+    do not apply to a fixed grid: the grid's solver drops them."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import time_generation as tg
+    from node_transformer.ode_block import ODEBlock
+
+    with tempfile.TemporaryDirectory() as d:
+        for lang in ("src", "tgt"):
+            with open(os.path.join(d, f"dict.{lang}.txt"), "w") as f:
+                f.writelines(f"t{i} 1\n" for i in range(20))
+        tg.CONFIGS["adaptive-test"] = ("04", ["--node-dynamics", "prenorm", "--node-method", "adaptive_heun",
+                                              "--node-first-step", "1.0", "--node-rtol", "0.1", "--node-atol", "0.1"])
+        try:
+            _, model = tg.build_untrained("adaptive-test", d, tiny=True)
+        finally:
+            del tg.CONFIGS["adaptive-test"]
+    assert tg.modes_of(model, "heun2:5") == ["recompute", "fixed:heun2:5"]
+    saved = {}
+    tg.set_mode(model, "fixed:heun2:5", saved)
+    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
+    assert blocks and all((b.solver.method, b.solver.steps, b.solver.first_step) == ("heun2", 5, None)
+                          for b in blocks)
+    tg.set_mode(model, "cached", saved)  # back to the model's own solver
+    assert all((b.solver.method, b.solver.first_step) == ("adaptive_heun", 1.0) for b in blocks)
