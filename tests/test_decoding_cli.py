@@ -152,3 +152,27 @@ def test_separated_decoder_is_cached_with_any_solver(data):
     assert "NODE decoder (dopri5): each generation step " + CACHED in log
     # On a fixed grid the cached output is the recomputed one.
     check_cached_equals_recomputed(data, "separated-aug", "beam5", {"node_method": "rk4", "node_steps": 2})
+
+
+def test_fixed_grid_override_of_a_model_trained_with_a_first_step(data, tmp_path):
+    """A model trained with an adaptive-only setting (--node-first-step) decodes on a fixed
+    grid once that setting is cleared in the same --model-overrides; left set, the error
+    names it, before anything is generated."""
+    save = str(tmp_path / "heun")
+    cli("fairseq-train", data[0], "--user-dir", USER_DIR, "--task", "node_translation",
+        "--arch", "node_transformer", *MODEL, "--node-encoder", "--node-decoder",
+        "--node-dynamics", "prenorm", "--node-method", "adaptive_heun", "--node-rtol", "0.1",
+        "--node-atol", "0.1", "--node-first-step", "1.0", "--node-backprop", "direct",
+        "--optimizer", "adam", "--lr", "5e-3", "--max-tokens", "400", "--max-update", "20",
+        "--save-dir", save, "--no-epoch-checkpoints", "--no-last-checkpoints",
+        "--num-workers", "0", "--seed", "1", env=ENV)
+    ckpt = os.path.join(save, "checkpoint_best.pt")
+    grid = {"node_method": "heun2", "node_steps": 5}
+    proc = cli("fairseq-generate", data[0], "--user-dir", USER_DIR, "--task", "node_translation",
+               "--path", ckpt, "--gen-subset", "test", "--batch-size", "8", "--max-len-b", "8",
+               "--model-overrides", repr(grid), env=ENV, check=False)
+    assert proc.returncode != 0 and not re.search(r"^H-", proc.stdout, re.M)
+    assert "--node-first-step needs an adaptive Runge-Kutta --node-method" in proc.stderr
+    hyps, log = generate(data, ckpt, "--beam", "5", overrides={**grid, "node_first_step": None})
+    assert "NODE decoder (heun2, 5 steps): each generation step " + CACHED in log
+    assert len(hyps) == 21

@@ -55,3 +55,20 @@ def test_fixed_grid_of_an_adaptive_model_trained_with_a_first_step():
                           for b in blocks)
     tg.set_mode(model, "cached", saved)  # back to the model's own solver
     assert all((b.solver.method, b.solver.first_step) == ("adaptive_heun", 1.0) for b in blocks)
+
+
+def test_modes_of_each_kind_of_decoder():
+    """Cached where exact (fixed grid, or the separated decoder), recompute always, and a
+    fixed grid offered to every adaptive decoder."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import time_generation as tg
+
+    with tempfile.TemporaryDirectory() as d:
+        for lang in ("src", "tgt"):
+            with open(os.path.join(d, f"dict.{lang}.txt"), "w") as f:
+                f.writelines(f"t{i} 1\n" for i in range(20))
+        modes = {name: tg.modes_of(tg.build_untrained(name, d, tiny=True)[1], "rk4:2")
+                 for name in ("classic-1layer", "project-best", "study-best-07", "separated-rk4x2")}
+    assert modes == {"classic-1layer": ["classic"], "project-best": ["cached", "recompute"],
+                     "study-best-07": ["cached", "recompute", "fixed:rk4:2"],
+                     "separated-rk4x2": ["cached", "recompute"]}
