@@ -96,7 +96,7 @@ def modes_of(model, fixed_grid: str) -> List[str]:
     if dec is None:
         return ["classic"]
     modes = ["cached", "recompute"] if dec.cached_decoding() else ["recompute"]
-    if not staged(dec.layers[0].block.solver):  # adaptive: its decoding on a fixed grid too
+    if not staged(dec.layers[0].block.solver):  # adaptive (or Adams): a fixed RK grid too
         modes.append(f"fixed:{fixed_grid}")
     return modes
 
