@@ -23,6 +23,7 @@ from odeint_ext import METHODS, SettingsError, SolverSettings
 from .dynamics import DYNAMICS, OUTPUT_INITS
 from .incremental import DECODING_MODES
 from .regularisers import Regularisation
+from .rk_blocks import BLOCKS, PC_ORDERS
 
 ON_BUDGET = ("error", "skip", "fixed-step", "defer")
 
@@ -56,7 +57,8 @@ def parse_ts(value) -> Tuple[float, ...]:
 # Per-field checks: value -> None, or what is wrong (the flag's name goes in front).
 
 def _one_of(choices, listed: bool = True) -> Callable[[Any], Optional[str]]:
-    words = "one of " + ", ".join(choices) if listed else " or ".join(choices)
+    names = [str(c) for c in choices]
+    words = "one of " + ", ".join(names) if listed else " or ".join(names)
     return lambda v: None if v in choices else f"must be {words}, got {v!r}"
 
 
@@ -85,6 +87,13 @@ class NodeConfig(FairseqDataclass):
     a namespace; settings it lacks, e.g. an older checkpoint's, keep their defaults."""
 
     node_encoder: bool = _node(False, "replace the encoder's stack of layers by one ODE block")
+    node_block: str = _node(
+        "ode", "what each block is: ode (default: the dynamics solved by torchdiffeq, --node-method), "
+               "rk2-gated (ODE Transformer: one RK2 step with a learned gate, 2 evaluations) or pc "
+               "(PCformer: learned-weight RK predictor of --node-pc-order and a corrector, 3 or 5 "
+               "evaluations)", check=_one_of(BLOCKS))
+    node_pc_order: int = _node(2, "--node-block pc: order of the predictor, 2 or 4 (default 2)",
+                               check=_one_of(PC_ORDERS))
     node_decoder: bool = _node(False, "replace the decoder's stack of layers by one ODE block")
     node_separated_decoder: bool = _node(
         False, "NODE decoder: classic residual self-attention, then an ODE block over "
@@ -197,6 +206,7 @@ class NodeConfig(FairseqDataclass):
         if self.node_time_dependent and not dynamics.takes_time:
             raise NodeArgumentError("--node-time-dependent is not available with "
                                     f"--node-dynamics {self.node_dynamics}")
+        self._check_block()
         ts = self.solver_settings().ts  # odeint_ext checks the solver settings, all together
         if self.node_steer_b >= ts[-1] - ts[-2]:
             raise NodeArgumentError(f"--node-steer-b {self.node_steer_b} must be smaller than the "
@@ -206,6 +216,28 @@ class NodeConfig(FairseqDataclass):
             raise NodeArgumentError(f"{flags} given without --node-encoder or --node-decoder: "
                                     "no ODE block would use it")
         return self
+
+    def _check_block(self) -> None:
+        """A learned RK block takes one step of its own scheme: the solver's and the penalties'
+        settings have nothing to act on."""
+        if self.node_block == "ode":
+            if self.node_pc_order != 2:
+                raise NodeArgumentError("--node-pc-order applies to --node-block pc only")
+            return
+        if self.node_block != "pc" and self.node_pc_order != 2:
+            raise NodeArgumentError("--node-pc-order applies to --node-block pc only")
+        solver_only = [f.name for f in self.node_fields()
+                       if ("solver" in f.metadata and f.name != "node_ts")
+                       or f.name in ("node_on_budget", "node_fallback_steps", "node_kinetic_energy",
+                                     "node_jacobian_norm", "node_steer_b")]
+        given = [name for name in self.changed() if name in solver_only]
+        if given:
+            raise NodeArgumentError(f"{', '.join(flag(n) for n in given)} appl"
+                                    f"{'ies' if len(given) == 1 else 'y'} to --node-block ode "
+                                    f"only (--node-block {self.node_block} takes one learned step)")
+        if len(parse_ts(self.node_ts)) != 2:
+            raise NodeArgumentError(f"--node-block {self.node_block} takes one step: --node-ts "
+                                    f"must be two times, got {self.node_ts!r}")
 
     # -- typed views -----------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from fairseq.models.transformer import TransformerDecoderBase
 
 from .config import NodeConfig
 from .incremental import GenerationNFE, decoding_mode
-from .layers import NODEDecoderLayer
+from .layers import NODEDecoderLayer, SideBuild
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +24,23 @@ class NODETransformerDecoder(TransformerDecoderBase):
     """
 
     def __init__(self, cfg, node: NodeConfig, dictionary, embed_tokens, *args, **kwargs):
-        self.node_config = node  # fairseq's __init__ builds the layers
+        self.node_build = SideBuild(node)  # fairseq's __init__ builds the layers
         super().__init__(cfg, dictionary, embed_tokens, *args, **kwargs)
+        self.layer_norm = self.node_build.final_norm(self.layer_norm, cfg.decoder.embed_dim)
         self.decoding = decoding_mode(node)
         self.generation_nfe = GenerationNFE()
         self._announced = None
 
+    @property
+    def node_config(self) -> NodeConfig:
+        return self.node_build.node
+
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
-        return NODEDecoderLayer(cfg, self.node_config)
+        return NODEDecoderLayer(cfg, self.node_config, self.node_build.gate(cfg.decoder, cfg.decoder.embed_dim))
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        self.node_build.upgrade(state_dict, name, len(self.layers))
+        return super().upgrade_state_dict_named(state_dict, name)
 
     def cached_decoding(self) -> bool:
         """Whether generation steps solve the newest position only (see class docstring)."""
@@ -47,8 +56,7 @@ class NODETransformerDecoder(TransformerDecoderBase):
         cached = self.cached_decoding()
         if self._announced != cached:  # once, and again if the setting changes
             self._announced = cached
-            s = self.layers[0].block.fallback or self.layers[0].block.solver
-            solver = s.method + (f", {s.steps} step{'s' * (s.steps > 1)}" if s.steps else "")
+            solver = self.layers[0].block.describe()
             logger.info("NODE decoder (%s): each generation step %s", solver,
                         "solves the newest position only (cached)" if cached
                         else "recomputes the whole prefix")

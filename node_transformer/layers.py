@@ -20,6 +20,58 @@ from .config import NodeConfig
 from .dynamics import SolveDropout
 from .incremental import StageCache, staged
 from .ode_block import ODEBlock
+from .rk_blocks import GatedRK2Block, PredictorCorrectorBlock, RK2Gate
+
+
+def build_block(node: NodeConfig, dynamics: nn.Module, shared_gate: Optional[RK2Gate] = None):
+    """The block that --node-block names, around ``dynamics``; ``shared_gate``: the side's
+    RK2Gate, shared by its rk2-gated blocks (made here when None)."""
+    ts = node.solver_settings().ts
+    if node.node_block == "rk2-gated":
+        return GatedRK2Block(dynamics, shared_gate or RK2Gate(dynamics.fc2.out_features), ts)
+    if node.node_block == "pc":
+        return PredictorCorrectorBlock(dynamics, node.node_pc_order, ts)
+    return ODEBlock(dynamics, node.solver_settings(), node.regularisation())
+
+
+class SideBuild:
+    """What an encoder or decoder of ODE blocks shares between its layers while fairseq
+    builds them: the --node-* settings and the rk2-gated blocks' one gate (ODE Transformer
+    shares it across a side's blocks). Not a module: the gate is registered in the blocks."""
+
+    def __init__(self, node: NodeConfig):
+        self.node = node
+        self._gate: Optional[RK2Gate] = None
+
+    def gate(self, side_cfg, dim: int) -> Optional[RK2Gate]:
+        if self.node.node_block != "rk2-gated":
+            return None
+        if self._gate is None:
+            self._gate = RK2Gate(dim + self.node.node_augment_dims * side_cfg.attention_heads)
+        return self._gate
+
+    def final_norm(self, fairseq_norm: Optional[nn.Module], dim: int) -> Optional[nn.Module]:
+        """The side's norm after its last layer: fairseq's (a pre-norm config), or one for
+        dynamics whose output is not normalised (the pre-norm form), or none."""
+        if fairseq_norm is not None or self.node.dynamics_class.post_norm:
+            return fairseq_norm
+        return LayerNorm(dim)
+
+    def upgrade(self, state_dict, name: str, layers: int) -> None:
+        """Checkpoints written before 2026-12-05 normalised pre-norm dynamics inside each
+        block (``layers.N.final_norm``); that norm is now the side's ``layer_norm`` after the
+        last block, the same function for one block."""
+        prefix = f"{name}." if name else ""
+        old = [k for k in state_dict if k.startswith(f"{prefix}layers.") and ".final_norm." in k]
+        if not old:
+            return
+        if layers != 1:
+            raise ValueError(f"{prefix}layers: this checkpoint normalises after each of its {layers} "
+                             "pre-norm ODE blocks, which this version no longer builds (it "
+                             "normalises once after the last block); load it with an older "
+                             "node-transformer")
+        for key in old:
+            state_dict[f"{prefix}layer_norm." + key.rsplit(".final_norm.", 1)[1]] = state_dict.pop(key)
 
 
 def _augment(x: Tensor, n: int) -> Tensor:
@@ -32,7 +84,7 @@ class _NODELayer(nn.Module):
     """``cfg``: fairseq's TransformerConfig (sizes, dropout, activation); ``node``: the
     --node-* settings; ``side_cfg``: cfg.encoder or cfg.decoder."""
 
-    def __init__(self, cfg, node: NodeConfig, side_cfg, dynamics_kwargs):
+    def __init__(self, cfg, node: NodeConfig, side_cfg, dynamics_kwargs, shared_gate=None):
         super().__init__()
         dim, heads = side_cfg.embed_dim, side_cfg.attention_heads
         self.aug = node.node_augment_dims * heads
@@ -45,18 +97,16 @@ class _NODELayer(nn.Module):
             time_dependent=node.node_time_dependent, activation_dropout=cfg.activation_dropout,
             activation_fn=cfg.activation_fn, **dynamics_kwargs,
         )
-        self.block = ODEBlock(dynamics, node.solver_settings(), node.regularisation())
+        self.block = build_block(node, dynamics, shared_gate)
         self.project = nn.Linear(dim + self.aug, dim) if self.aug else None
-        # Dynamics without a normalised output leave the state unnormalised: normalise once
-        # after the solve.
-        self.final_norm = None if form.post_norm else LayerNorm(dim)
+        # Dynamics without a normalised output leave the state unnormalised: the encoder or
+        # decoder normalises once after its last block, as a pre-norm Transformer does after
+        # its last layer (final_layer_norm of the side, see encoder.py / decoder.py).
 
     def solve(self, x: Tensor, padding_mask: Optional[Tensor] = None, **inputs) -> Tensor:
         h = self.block(_augment(x, self.aug), padding_mask=padding_mask,
                        drop=SolveDropout(self.dropout, self.training), **inputs)
-        if self.project is not None:
-            h = self.project(h)
-        return self.final_norm(h) if self.final_norm is not None else h
+        return self.project(h) if self.project is not None else h
 
     def upgrade_state_dict_named(self, state_dict, name):
         """Nothing to upgrade: fairseq's encoder calls this on each of its layers."""
@@ -65,8 +115,9 @@ class _NODELayer(nn.Module):
 class NODEEncoderLayer(_NODELayer):
     """dh/dt = self-attention + feed-forward."""
 
-    def __init__(self, cfg, node: NodeConfig):
-        super().__init__(cfg, node, cfg.encoder, dict(self_attention=True, encoder_attention=False))
+    def __init__(self, cfg, node: NodeConfig, shared_gate: Optional[RK2Gate] = None):
+        super().__init__(cfg, node, cfg.encoder, dict(self_attention=True, encoder_attention=False),
+                         shared_gate)
 
     def forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor] = None, attn_mask=None):
         return self.solve(x, padding_mask=encoder_padding_mask, self_padding_mask=encoder_padding_mask)
@@ -85,13 +136,13 @@ class NODEDecoderLayer(_NODELayer):
     per generated batch, not once per evaluation.
     """
 
-    def __init__(self, cfg, node: NodeConfig):
+    def __init__(self, cfg, node: NodeConfig, shared_gate: Optional[RK2Gate] = None):
         separated = node.node_separated_decoder
         heads = cfg.decoder.attention_heads
         super().__init__(cfg, node, cfg.decoder, dict(
             self_attention=not separated, encoder_attention=True,
             encoder_dim=cfg.encoder.embed_dim + node.node_augment_dims * heads,
-        ))
+        ), shared_gate)
         self.frozen_encoder = node.node_reproduce_frozen_encoder
         self.self_attn = self.self_attn_norm = None
         if separated:
@@ -103,7 +154,7 @@ class NODEDecoderLayer(_NODELayer):
     def cacheable(self) -> bool:
         """Whether generation can solve the newest position alone, exactly as the full
         recomputation would (the separated layer: with any method; see the class docstring)."""
-        return self.self_attn is not None or staged(self.block.fallback or self.block.solver)
+        return self.self_attn is not None or self.block.staged()
 
     def forward(
         self,

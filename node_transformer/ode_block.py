@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from odeint_ext import MaxNFEExceeded, SolverSettings, SolveStats
 
+from .incremental import staged
 from .regularisers import PenalisedDynamics, Regularisation
 
 
@@ -84,8 +85,14 @@ class _RealPositionsNorm:
 
 
 def ode_blocks(module: Optional[nn.Module]) -> List["ODEBlock"]:
-    """The ODE blocks inside ``module`` (none for None)."""
+    """The ODE blocks (torchdiffeq solves) inside ``module`` (none for None)."""
     return [m for m in module.modules() if isinstance(m, ODEBlock)] if module is not None else []
+
+
+def depth_blocks(module: Optional[nn.Module]) -> List["DepthBlock"]:
+    """Every continuous-depth block inside ``module``: ODE blocks and the learned Runge-Kutta
+    blocks of rk_blocks.py (what NFE logging counts)."""
+    return [m for m in module.modules() if isinstance(m, DepthBlock)] if module is not None else []
 
 
 @contextmanager
@@ -128,7 +135,36 @@ def record_backward_overruns(model: nn.Module):
             b.overruns = None
 
 
-class ODEBlock(nn.Module):
+class DepthBlock(nn.Module):
+    """What every block in the place of a layer keeps for the training loop: a SolveStats per
+    forward (the last few in ``solves``), summed by :meth:`nfe_record` since
+    :meth:`reset_record`, and the penalties of its last forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.solves: deque = deque(maxlen=64)
+        self.penalties: Dict[str, Tensor] = {}
+
+    def reset_record(self) -> None:
+        """Forget the solves so far: :meth:`nfe_record` counts from here."""
+        self.solves.clear()
+
+    def nfe_record(self) -> SolveStats:
+        """Function evaluations of the solves since :meth:`reset_record`, forward and backward
+        (the backward's grow while an adjoint backward runs)."""
+        return SolveStats(nfe_forward=sum(s.nfe_forward for s in self.solves),
+                          nfe_backward=sum(s.nfe_backward for s in self.solves))
+
+    def staged(self) -> bool:
+        """Whether its evaluations come in a data-independent order (cached decoding)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A few words for logs: the method and its steps."""
+        raise NotImplementedError
+
+
+class ODEBlock(DepthBlock):
     """Solves the dynamics over ``ts`` and returns the state at the last time.
 
     The adjoint is used only when gradients are needed; evaluation and generation solve
@@ -147,21 +183,16 @@ class ODEBlock(nn.Module):
         self.reg = reg
         self.fallback: Optional[SolverSettings] = None
         self.register_buffer("ts", torch.tensor(solver.ts, dtype=torch.float64), persistent=False)
-        self.solves: deque = deque(maxlen=64)
         # None: a backward over budget raises MaxNFEExceeded. A list (see
         # record_backward_overruns): the backward finishes and the overrun is put there.
         self.overruns: Optional[list] = None
-        self.penalties: Dict[str, Tensor] = {}
 
-    def reset_record(self) -> None:
-        """Forget the solves so far: :meth:`nfe_record` counts from here."""
-        self.solves.clear()
+    def staged(self) -> bool:
+        return staged(self.fallback or self.solver)
 
-    def nfe_record(self) -> SolveStats:
-        """Function evaluations of the solves since :meth:`reset_record`, forward and backward
-        (the backward's grow while an adjoint backward runs)."""
-        return SolveStats(nfe_forward=sum(s.nfe_forward for s in self.solves),
-                          nfe_backward=sum(s.nfe_backward for s in self.solves))
+    def describe(self) -> str:
+        s = self.fallback or self.solver
+        return s.method + (f", {s.steps} step{'s' * (s.steps > 1)}" if s.steps else "")
 
     def _times(self, like: Tensor) -> Tensor:
         ts = self.ts

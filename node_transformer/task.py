@@ -33,7 +33,7 @@ from .config import NodeConfig
 from .metric_names import (BACKWARD, BATCHES, COUNTERS, CUDA_PEAK, DEFERRED, FIXED_STEP, FORWARD,
                            NFE_PREFIX, PENALTY_PREFIX, REPLAYED, SIDES, SKIPPED, VALID_COUNTERS,
                            nfe_key, penalty_key)
-from .ode_block import fixed_step_fallback, ode_blocks, record_backward_overruns, total_penalties
+from .ode_block import depth_blocks, fixed_step_fallback, record_backward_overruns, total_penalties
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +51,14 @@ def node_settings(model) -> NodeConfig:
     node = getattr(model, "node_config", None)
     if node is not None:
         return node
-    if ode_blocks(model):
+    if depth_blocks(model):
         raise TypeError(f"{type(model).__name__} holds ODE blocks but no node_config: wrap the "
                         f"model so that its attributes stay reachable (fairseq's ModuleProxyWrapper)")
     return NodeConfig()
 
 
 def reset_nfe(model) -> None:
-    for block in ode_blocks(model):
+    for block in depth_blocks(model):
         block.reset_record()
 
 
@@ -66,7 +66,7 @@ def collect_nfe(model, backward: bool) -> Dict[str, int]:
     """NFE of each NODE side since the last reset, summed over its blocks and solves."""
     out = {}
     for side, tag in SIDES:
-        records = [b.nfe_record() for b in ode_blocks(getattr(model, side, None))]
+        records = [b.nfe_record() for b in depth_blocks(getattr(model, side, None))]
         if not records:
             continue
         out[nfe_key(tag, FORWARD)] = sum(r.nfe_forward for r in records)
@@ -191,7 +191,7 @@ class NODETranslationTask(TranslationTask):
         if getattr(criterion, "report_accuracy", False):
             keys.update(n_correct=0, total=0)
         for side, tag in SIDES:
-            if ode_blocks(getattr(model, side, None)):
+            if depth_blocks(getattr(model, side, None)):
                 keys[nfe_key(tag, FORWARD)] = 0
                 if training:
                     keys[nfe_key(tag, BACKWARD)] = 0

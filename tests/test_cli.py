@@ -19,6 +19,11 @@ VARIANTS = {
     **STUDY_VARIANTS,
     "prenorm-rk4-direct": ["--node-encoder", "--node-decoder", "--node-dynamics", "prenorm",
                            "--node-method", "rk4", "--node-steps", "2", "--node-backprop", "direct"],
+    # the learned RK blocks: several per side, backprop through their few evaluations
+    "rk2-gated-2layers": ["--node-encoder", "--node-decoder", "--node-dynamics", "prenorm",
+                          "--node-block", "rk2-gated", "--encoder-layers", "2", "--decoder-layers", "2"],
+    "pc4-separated": ["--node-encoder", "--node-decoder", "--node-separated-decoder",
+                      "--node-dynamics", "prenorm", "--node-block", "pc", "--node-pc-order", "4"],
 }
 MODEL = [*SIZES["tiny"], "--share-all-embeddings", "--dropout", "0.1"]
 
@@ -67,8 +72,9 @@ def test_train_generate_interactive(data_bin, tmp_path, variant):
     sides = ["dec"] + (["enc"] if "--node-encoder" in VARIANTS[variant] else [])
     for side in sides:
         assert float(epochs[1][f"train_nfe_{side}_fwd"]) > 0
-        # direct backprop evaluates nothing in the backward
-        assert (float(epochs[1][f"train_nfe_{side}_bwd"]) > 0) == ("direct" not in variant)
+        # direct backprop (and a learned RK block's) evaluates nothing in the backward
+        adjoint = "direct" not in variant and "--node-block" not in VARIANTS[variant]
+        assert (float(epochs[1][f"train_nfe_{side}_bwd"]) > 0) == adjoint
         assert float(inner[-1][f"nfe_{side}_fwd"]) > 0  # train_inner keys carry no prefix
         assert float(valid[1][f"valid_nfe_{side}_fwd"]) > 0
     if "enc" not in sides:
