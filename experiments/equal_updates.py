@@ -1,0 +1,289 @@
+"""Equal parameters, equal updates: the classic layers, the NODE's fixed-grid steps and the
+learned RK blocks (--node-block) trained on the same data, schedule and batch size for the
+same number of updates; valid loss at fixed update counts, test2016 BLEU at the end.
+
+    python -m experiments.equal_updates --data-bin DIR [--out runs/equal-updates]
+        [--rows NAME ...] [--seeds 1 2] [--updates 2000] [--every 500] [--max-tokens 4096]
+        [--lr NAME=LR ...] [--parallel 2] [--threads 1] [--bleu] [--json docs/benchmark.json]
+        [--figure PNG] [--dry-run]
+    python -m experiments.equal_updates --render docs/benchmark.json [--figure PNG]
+
+Runs at equal updates do not depend on the machine's speed: --parallel of them may share it,
+--threads intra-op threads each. Each row's fairseq-train log is kept in OUT/NAME-seedS/.
+The table goes into --json under the key ``equal_updates`` (other keys are kept): one entry
+per row and seed, {"name", "seed", "params", "f_evals_per_token", "loss_at_updates",
+"bleu_test2016", "lr", ...}. ``f_evals_per_token``: evaluations of a layer-sized f per
+token, encoder and decoder together, in one forward (the classic 1-layer model: 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+from .configs import ROOT, USER_DIR, find_config, load_config
+from .fairseq_log import parse_log
+from .files import table, write_json
+
+PROG = "equal_updates"
+JSON_KEY = "equal_updates"
+CLASSIC = "classic-1layer"
+
+PRENORM = ["--node-dynamics", "prenorm", "--node-output-init", "xavier"]
+BOTH = ["--node-encoder", "--node-decoder"]
+DIRECT = ["--node-backprop", "direct"]
+
+# name -> (flags over config 02 at mini scale, evaluations of f per token: encoder + decoder)
+ROWS: Dict[str, tuple] = {
+    CLASSIC: ([], 2),  # fairseq's default, post-norm
+    "classic-prenorm": (["--encoder-normalize-before", "--decoder-normalize-before"], 2),
+    # not equal parameters: a second layer with its own weights, the evaluations of a midpoint
+    "classic-2layer": (["--encoder-layers", "2", "--decoder-layers", "2"], 4),
+    "node-euler": ([*BOTH, *PRENORM, "--node-method", "euler", *DIRECT], 2),
+    "node-midpoint": ([*BOTH, *PRENORM, "--node-method", "midpoint", "--node-steps", "1", *DIRECT], 4),
+    "node-rk4": ([*BOTH, *PRENORM, "--node-method", "rk4", "--node-steps", "1", *DIRECT], 8),
+    "rk2-gated": ([*BOTH, *PRENORM, "--node-block", "rk2-gated"], 4),
+    "pc": ([*BOTH, *PRENORM, "--node-block", "pc"], 6),
+    # ODE Transformer's choice: the block in the encoder, a plain (fairseq post-norm) decoder
+    "rk2-gated-encoder": (["--node-encoder", *PRENORM, "--node-block", "rk2-gated"], 3),
+    "pc-encoder": (["--node-encoder", *PRENORM, "--node-block", "pc"], 4),
+    # ODE Transformer's headline shape at mini scale (one seed): 6 encoder blocks, 6 layers
+    "classic-6layer": (["--encoder-layers", "6", "--decoder-layers", "6"], 12),
+    "rk2-gated-6enc": (["--node-encoder", *PRENORM, "--node-block", "rk2-gated",
+                        "--encoder-layers", "6", "--decoder-layers", "6"], 18),
+}
+DEFAULT_ROWS = [n for n in ROWS if "6" not in n]
+PARAMS = re.compile(r"num\. shared model params: ([\d,]+)")
+
+
+def base_flags(max_tokens: int) -> List[str]:
+    """Config 02 at mini scale (the benchmark's classic), its batch size set by --max-tokens."""
+    cfg = load_config(find_config("02"))
+    flags = [*cfg["args"], *cfg["scales"]["mini"]]
+    i = flags.index("--max-tokens")
+    flags[i + 1] = str(max_tokens)
+    return flags
+
+
+def command(a, name: str, seed: int, lr: float, run_dir: str) -> List[str]:
+    flags, _ = ROWS[name]
+    return [sys.executable, "-m", "fairseq_cli.train", os.path.abspath(a.data_bin),
+            "--user-dir", USER_DIR, *base_flags(a.max_tokens), *flags, "--lr", f"{lr:g}",
+            "--seed", str(seed), "--max-update", str(a.updates),
+            "--validate-interval-updates", str(a.every), "--validate-interval", "1000",
+            "--save-dir", os.path.join(run_dir, "checkpoints"), "--no-epoch-checkpoints",
+            "--save-interval-updates", str(a.updates), "--keep-interval-updates", "1",
+            "--log-format", "json", "--log-interval", "50", "--num-workers", "0"]
+
+
+def row_lr(a, name: str) -> float:
+    return a.lr_by_row.get(name, a.default_lr)
+
+
+def run_dir_of(a, name: str, seed: int) -> str:
+    """OUT/NAME-seedS at the default learning rate, OUT/NAME-lrLR-seedS at another (probes)."""
+    lr = row_lr(a, name)
+    return os.path.join(a.out, f"{name}-seed{seed}" if lr == a.default_lr else f"{name}-lr{lr:g}-seed{seed}")
+
+
+def start(a, name: str, seed: int):
+    run_dir = run_dir_of(a, name, seed)
+    os.makedirs(run_dir, exist_ok=True)
+    cmd = command(a, name, seed, row_lr(a, name), run_dir)
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    log = open(os.path.join(run_dir, "train.log"), "w", encoding="utf-8")
+    log.write("# " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            stdin=subprocess.DEVNULL)
+    return dict(name=name, seed=seed, run_dir=run_dir, cmd=cmd, proc=proc, log=log, t0=time.time())
+
+
+def bleu(a, run_dir: str) -> Optional[float]:
+    from .evaluation import main as evaluate
+
+    ckpt = os.path.join(run_dir, "checkpoints", "checkpoint_last.pt")
+    if evaluate([run_dir, "--data-bin", a.data_bin, "--checkpoint", ckpt, "--subset", "test"]) != 0:
+        return None
+    with open(os.path.join(run_dir, "bleu_test.json"), encoding="utf-8") as f:
+        return json.load(f)["bleu"]
+
+
+def summarize(a, job: dict) -> dict:
+    with open(os.path.join(job["run_dir"], "train.log"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if job.get("cmd") is None:  # --collect: the command is the log's first line
+        job["cmd"] = shlex.split(lines[0][2:])
+    parsed = parse_log(lines)
+    params = next((int(m.group(1).replace(",", "")) for m in map(PARAMS.search, lines) if m), None)
+    losses = {str(int(v["num_updates"])): v["loss"] for v in parsed["valid"]
+              if int(v["num_updates"]) % a.every == 0}
+    return {"name": job["name"], "seed": job["seed"], "params": params,
+            "f_evals_per_token": ROWS[job["name"]][1], "loss_at_updates": losses,
+            "bleu_test2016": None, "lr": row_lr(a, job["name"]), "max_tokens": a.max_tokens,
+            "updates": a.updates, "exit_code": job["proc"].returncode if job.get("proc") else None,
+            "train_seconds": round(time.time() - job["t0"]) if job.get("t0") else None,
+            "command_line": " ".join(shlex.quote(c) for c in job["cmd"])}
+
+
+def run_all(a) -> List[dict]:
+    queue = [(n, s) for s in a.seeds for n in a.rows]
+    running, rows = [], []
+    while queue or running:
+        while queue and len(running) < a.parallel:
+            running.append(start(a, *queue.pop(0)))
+        time.sleep(2)
+        for job in [j for j in running if j["proc"].poll() is not None]:
+            running.remove(job)
+            job["log"].close()
+            row = summarize(a, job)
+            print(f"{PROG}: {job['name']} seed {job['seed']}: exit {row['exit_code']}, "
+                  f"valid loss {row['loss_at_updates']}", flush=True)
+            rows.append(row)
+    if a.bleu:  # after the training, so that generation never shares the machine with it
+        for row in rows:
+            if row["exit_code"] == 0:
+                row["bleu_test2016"] = bleu(a, run_dir_of(a, row["name"], row["seed"]))
+    return rows
+
+
+def collect(a) -> List[dict]:
+    rows = []
+    for s in a.seeds:
+        for n in a.rows:
+            run_dir = run_dir_of(a, n, s)
+            if os.path.isfile(os.path.join(run_dir, "train.log")):
+                rows.append(summarize(a, dict(name=n, seed=s, run_dir=run_dir)))
+    if a.bleu:
+        for row in rows:
+            row["bleu_test2016"] = bleu(a, run_dir_of(a, row["name"], row["seed"]))
+    return rows
+
+
+def render(rows: List[dict]) -> List[str]:
+    counts = sorted({int(u) for r in rows for u in r["loss_at_updates"]})
+    header = ["row", "seed", "params", "f/token", "lr", *[f"loss@{u}" for u in counts], "BLEU"]
+    body = [[r["name"], r["seed"], r["params"], r["f_evals_per_token"], r.get("lr"),
+             *[r["loss_at_updates"].get(str(u), "") for u in counts],
+             "" if r["bleu_test2016"] is None else r["bleu_test2016"]] for r in rows]
+    return table(header, body)
+
+
+def figure(rows: List[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        pts = sorted((int(u), v) for u, v in r["loss_at_updates"].items())
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"{r['name']} (seed {r['seed']})")
+    ax.set_xlabel("updates")
+    ax.set_ylabel("valid loss (bits)")
+    ax.set_title("Equal parameters, equal updates (Multi30k, mini)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def store(path: str, rows: List[dict], meta: dict) -> None:
+    """``rows`` into the JSON at ``path`` under JSON_KEY, replacing earlier rows of the same
+    name and seed; the other keys of the file are kept."""
+    data = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    new = {(r["name"], r["seed"], r.get("lr")) for r in rows}
+    kept = [r for r in data.get(JSON_KEY, []) if (r["name"], r["seed"], r.get("lr")) not in new]
+    data[JSON_KEY] = kept + rows
+    data.setdefault(JSON_KEY + "_runs", []).append(meta)
+    write_json(path, data)
+
+
+def parse_lr(items: List[str]) -> Dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in ROWS or not value:
+            raise SystemExit(f"{PROG}: error: --lr takes NAME=LR with NAME one of {', '.join(ROWS)}, "
+                             f"got {item!r}")
+        out[name] = float(value)
+    return out
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--data-bin", metavar="DIR")
+    p.add_argument("--out", default=os.path.join(ROOT, "runs", "equal-updates"))
+    p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS), metavar="NAME")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("--updates", type=int, default=2000)
+    p.add_argument("--every", type=int, default=500, help="validate every N updates (default 500)")
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--default-lr", type=float, default=4e-3,
+                   help="peak learning rate of rows without --lr (default 4e-3)")
+    p.add_argument("--lr", nargs="+", default=[], metavar="NAME=LR")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bleu", action="store_true", help="test2016 BLEU of each row's last checkpoint")
+    p.add_argument("--json", metavar="PATH", help="write the rows under 'equal_updates' here")
+    p.add_argument("--figure", metavar="PNG", help="valid loss against updates, all rows")
+    p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: the table (and --bleu, --json, --figure) from OUT's logs")
+    return p
+
+
+def main(argv=None) -> int:
+    a = arg_parser().parse_args(argv)
+    a.lr_by_row = parse_lr(a.lr)
+    if a.render:
+        with open(a.render, encoding="utf-8") as f:
+            rows = json.load(f).get(JSON_KEY, [])
+        print("\n".join(render(rows)))
+        if a.figure:
+            figure(rows, a.figure)
+        return 0
+    if not a.data_bin:
+        raise SystemExit(f"{PROG}: error: --data-bin is required (or --render JSON)")
+    if a.updates % a.every:
+        raise SystemExit(f"{PROG}: error: --updates {a.updates} is not a multiple of --every {a.every}")
+    if a.dry_run:
+        for s in a.seeds:
+            for n in a.rows:
+                cmd = command(a, n, s, row_lr(a, n), os.path.join(a.out, f"{n}-seed{s}"))
+                print(" ".join(shlex.quote(c) for c in cmd))
+        return 0
+    if not os.path.isdir(a.data_bin):
+        raise SystemExit(f"{PROG}: error: {a.data_bin}: data-bin directory not found")
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    rows = collect(a) if a.collect else run_all(a)
+    print("\n".join(render(rows)))
+    if a.figure:
+        figure(rows, a.figure)
+    if a.json:
+        store(a.json, rows, {"command": " ".join(shlex.quote(c) for c in sys.argv), "started": started,
+                             "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                             "parallel": a.parallel, "threads": a.threads,
+                             "load_average_at_end": os.getloadavg()})
+    return 0 if all(r["exit_code"] in (0, None) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
