@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     if a.dry_run:
         for s in a.seeds:
             for n in a.rows:
-                cmd = command(a, n, s, row_lr(a, n), os.path.join(a.out, f"{n}-seed{s}"))
+                cmd = command(a, n, s, row_lr(a, n), run_dir_of(a, n, s))
                 print(" ".join(shlex.quote(c) for c in cmd))
         return 0
     if not os.path.isdir(a.data_bin):

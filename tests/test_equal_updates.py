@@ -1,0 +1,87 @@
+"""experiments.equal_updates: commands, the JSON rows, and a short real run on the toy task."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import equal_updates as eq
+from experiments.configs import ROOT
+from fairseq_helpers import cli
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+SCRIPT = os.path.join(ROOT, "scripts", "equal_updates.py")
+
+
+def run(*args, check=True):
+    proc = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                          env=ENV, timeout=600, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def test_dry_run_prints_one_command_per_row_and_seed_with_the_same_schedule():
+    proc = run("--data-bin", "somewhere", "--dry-run", "--rows", "classic-1layer", "pc",
+               "--seeds", "1", "2", "--lr", "pc=1e-3")
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        for flag in ("--max-update 2000", "--validate-interval-updates 500", "--max-tokens 4096",
+                     "--lr-scheduler inverse_sqrt", "--warmup-updates 400"):
+            assert flag in line
+    assert "--node-block pc" in lines[1] and "--lr 0.001" in lines[1] and "--seed 1" in lines[1]
+    assert "--node-block" not in lines[0] and "--lr 0.004" in lines[0]
+    assert "pc-lr0.001-seed2" in lines[3]  # probes at another rate keep their own directory
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--lr", "nope=1"], "--lr takes NAME=LR"),
+    (["--updates", "1000", "--every", "300"], "not a multiple of --every"),
+    ([], "--data-bin is required"),
+])
+def test_bad_arguments_are_named(args, named):
+    data = [] if named.startswith("--data-bin") else ["--data-bin", "x"]
+    proc = run(*data, *args, "--dry-run", check=False)
+    assert proc.returncode != 0 and named in proc.stderr
+
+
+def test_store_keeps_other_keys_and_replaces_the_same_row(tmp_path):
+    path = str(tmp_path / "b.json")
+    with open(path, "w") as f:
+        json.dump({"configurations": [1], eq.JSON_KEY: [{"name": "pc", "seed": 1, "lr": 0.004, "v": 0}]}, f)
+    eq.store(path, [{"name": "pc", "seed": 1, "lr": 0.004, "v": 1},
+                    {"name": "pc", "seed": 2, "lr": 0.004, "v": 2}], {"command": "x"})
+    data = json.load(open(path))
+    assert data["configurations"] == [1]
+    assert sorted((r["seed"], r["v"]) for r in data[eq.JSON_KEY]) == [(1, 1), (2, 2)]
+
+
+def test_a_short_run_writes_its_rows_table_and_figure(tmp_path):
+    raw, data = tmp_path / "raw", tmp_path / "bin"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_toy_data.py"), str(raw),
+                    "--train", "200", "--valid", "20", "--test", "5", "--max-len", "6"],
+                   check=True, capture_output=True)
+    cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
+        "--trainpref", str(raw / "train"), "--validpref", str(raw / "valid"), "--testpref",
+        str(raw / "test"), "--destdir", str(data), "--workers", "1", env={"OMP_NUM_THREADS": "1"})
+    out, js, png = tmp_path / "out", tmp_path / "b.json", tmp_path / "f.png"
+    proc = run("--data-bin", str(data), "--out", str(out), "--rows", "classic-1layer", "rk2-gated",
+               "--updates", "4", "--every", "2", "--max-tokens", "300", "--json", str(js),
+               "--figure", str(png))
+    rows = {r["name"]: r for r in json.load(open(js))[eq.JSON_KEY]}
+    assert set(rows) == {"classic-1layer", "rk2-gated"}
+    for r in rows.values():
+        assert set(r["loss_at_updates"]) == {"2", "4"} and r["exit_code"] == 0
+        assert all(v > 0 for v in r["loss_at_updates"].values())
+        assert {"name", "seed", "params", "f_evals_per_token", "loss_at_updates", "bleu_test2016"} <= set(r)
+    # Equal parameters but for the gate (one per side: 2d + 1) and the pre-norm side's final
+    # norm (2d per side) that fairseq's post-norm layers do not have.
+    d = 128
+    assert rows["rk2-gated"]["params"] - rows["classic-1layer"]["params"] == 2 * (2 * d + 1) + 2 * 2 * d
+    assert (rows["rk2-gated"]["f_evals_per_token"], rows["classic-1layer"]["f_evals_per_token"]) == (4, 2)
+    assert png.stat().st_size > 0 and "rk2-gated" in proc.stdout
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert table and run("--render", str(js)).stdout.splitlines() == table
