@@ -8,6 +8,8 @@
   norm loads as the side's norm.
 """
 
+import re
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -257,3 +259,28 @@ def test_old_checkpoints_per_block_norm_becomes_the_sides_norm(data_dir):
 def test_block_flags_that_cannot_work_are_named(flags, named):
     with pytest.raises(NodeArgumentError, match=named.replace("(", r"\(")):
         NodeConfig(node_encoder=True, **flags).validate()
+
+
+def test_hub_translates_with_a_trained_rk2_gated_model_like_fairseq_generate(tmp_path):
+    """A learned RK block model through fairseq-train's checkpoint and the hub: the hub's
+    cached decoding gives fairseq-generate's translations."""
+    import os
+
+    import node_transformer
+    from fairseq_helpers import USER_DIR, cli
+    from toy_model import ENV, read, spm_data_bin, train
+
+    data, raw = spm_data_bin(str(tmp_path))
+    save = str(tmp_path / "ckpt")
+    train(data, save, "--node-encoder", "--node-decoder", *PRENORM, "--node-block", "rk2-gated",
+          "--encoder-layers", "2", epochs=1)
+    gen = cli("fairseq-generate", data, "--user-dir", USER_DIR, "--task", "node_translation",
+              "--path", os.path.join(save, "checkpoint_best.pt"), "--gen-subset", "test",
+              "--batch-size", "1", "--beam", "2", "--max-len-b", "8", "--remove-bpe",
+              "sentencepiece", env=ENV).stdout
+    expected = {int(i): d for i, d in re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", gen, re.M)}
+    hub = node_transformer.from_pretrained(save, data_name_or_path=data, batch_size=1, device="cpu")
+    sources = read(os.path.join(raw, "test.src"))
+    assert sorted(expected) == list(range(len(sources)))
+    assert hub.translate(sources, beam=2, max_len_b=8) == [expected[i] for i in range(len(sources))]
+    assert all(isinstance(b, GatedRK2Block) for b in depth_blocks(hub.models[0].encoder))
