@@ -60,7 +60,18 @@ ROWS: Dict[str, tuple] = {
     "rk2-gated-6enc": (["--node-encoder", *PRENORM, "--node-block", "rk2-gated",
                         "--encoder-layers", "6", "--decoder-layers", "6"], 18),
 }
+# Probes of the per-update gap between one midpoint step and one Euler step (same weights
+# evaluated twice, learning less): dropout masks (drawn once per solve, so both evaluations
+# drop the same units), initialisation (xavier against the zero start) and, with --lr, the
+# learning rate.
+PROBES: Dict[str, tuple] = {
+    "node-euler-dropout0": ([*ROWS["node-euler"][0], "--dropout", "0"], 2),
+    "node-midpoint-dropout0": ([*ROWS["node-midpoint"][0], "--dropout", "0"], 4),
+    "node-midpoint-zero-init": ([*BOTH, "--node-dynamics", "prenorm", "--node-output-init", "zero",
+                                 "--node-method", "midpoint", "--node-steps", "1", *DIRECT], 4),
+}
 DEFAULT_ROWS = [n for n in ROWS if "6" not in n]
+ROWS.update(PROBES)
 PARAMS = re.compile(r"num\. shared model params: ([\d,]+)")
 
 
