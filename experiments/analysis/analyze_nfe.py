@@ -289,7 +289,7 @@ def spread_ids(rows: List[dict], k: int) -> List[int]:
             for j in range(k)]
 
 
-def main(argv=None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
@@ -305,6 +305,36 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true", help="even where CUDA is available")
     p.add_argument("--source-lang")
     p.add_argument("--target-lang")
+    return p
+
+
+def write_results(out: str, rows: List[dict], columns: List[str], summary: dict, traj: List[dict]) -> List[str]:
+    """nfe.csv, summary.json, trajectories.json and the figures into ``out``; the figures' names."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "nfe.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["id", "src_len", "tgt_len", "nll_bits", *columns, "over_budget"],
+                           extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(out, "trajectories.json"), "w", encoding="utf-8") as f:
+        json.dump(traj, f)
+    return plot(rows, columns, traj, out)
+
+
+def print_summary(summary: dict, out: str, figures: List[str]) -> None:
+    for c, s in summary["columns"].items():
+        fmt = lambda v: "n/a" if v is None else f"{v:+.2f}"  # noqa: E731
+        print(f"{c}: mean {s['mean']:.1f} (min {s['min']}, max {s['max']}); Spearman vs source "
+              f"length {fmt(s['spearman_vs_src_len'])}, vs loss {fmt(s['spearman_vs_loss'])}, "
+              f"vs loss at fixed length {fmt(s['spearman_vs_loss_at_fixed_len'])}")
+    print(f"{PROG}: {summary['sentences']} sentences ({summary['over_budget']} over budget) -> "
+          f"{out}: nfe.csv, summary.json, trajectories.json, {', '.join(figures)}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    p = arg_parser()
     a = p.parse_args(argv)
     if a.points < 2:
         p.error("--points must be at least 2")
@@ -323,29 +353,11 @@ def main(argv=None) -> int:
     except AnalysisError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "nfe.csv"), "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, ["id", "src_len", "tgt_len", "nll_bits", *columns, "over_budget"],
-                           extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
     summary = summarize(rows, columns)
     summary.update(checkpoint=os.path.abspath(a.checkpoint), subset=a.subset, device=device,
                    backward=not a.no_backward)
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(out, "trajectories.json"), "w", encoding="utf-8") as f:
-        json.dump(traj, f)
-    figures = plot(rows, columns, traj, out)
-    for c, s in summary["columns"].items():
-        fmt = lambda v: "n/a" if v is None else f"{v:+.2f}"  # noqa: E731
-        print(f"{c}: mean {s['mean']:.1f} (min {s['min']}, max {s['max']}); Spearman vs source "
-              f"length {fmt(s['spearman_vs_src_len'])}, vs loss {fmt(s['spearman_vs_loss'])}, "
-              f"vs loss at fixed length {fmt(s['spearman_vs_loss_at_fixed_len'])}")
-    print(f"{PROG}: {summary['sentences']} sentences ({summary['over_budget']} over budget) -> "
-          f"{out}: nfe.csv, summary.json, trajectories.json, {', '.join(figures)}", file=sys.stderr)
+    print_summary(summary, out, write_results(out, rows, columns, summary, traj))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
