@@ -9,7 +9,7 @@ setup(
     packages=find_packages(include=["node_transformer", "node_transformer.*", "odeint_ext", "odeint_ext.*",
                                     "experiments", "experiments.*"]),
     python_requires=">=3.8",
-    # torch and fairseq are installed by scripts/setup.sh in the right order (see README):
+    # torch and fairseq are installed by scripts/setup.sh in the right order (see docs/install.md):
     # fairseq's sdist imports torch at build time, so pip must not resolve them here.
     install_requires=["torchdiffeq==0.2.5", "numpy"],
     extras_require={"test": ["pytest"]},

@@ -583,7 +583,7 @@ def run_seed(a, names: List[str], seed: Optional[int], stages: Stages, first: in
     return rows, verdict(rows), node_minutes
 
 
-def main(argv=None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
@@ -619,20 +619,23 @@ def main(argv=None) -> int:
                    help="plot valid loss against training time, all configurations in one figure "
                         "(with --render: of that file; else of this run)")
     p.add_argument("--memory-probe", nargs=2, metavar=("BACKPROP", "TOL"), help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
+    return p
 
-    if a.render:
-        with open(a.render, encoding="utf-8") as f:
-            doc = json.load(f)
-        print(markdown(doc))
-        if a.figure:
-            memory_figure(doc, a.figure)
-        if a.figure_time:
-            time_figure(doc, a.figure_time)
-        return 0
-    if a.memory_probe:
-        print(json.dumps(memory_probe(a.memory_probe[0], float(a.memory_probe[1]), a.smoke)))
-        return 0
+
+def render(a) -> int:
+    """--render: a benchmark JSON's tables (and figures), nothing run."""
+    with open(a.render, encoding="utf-8") as f:
+        doc = json.load(f)
+    print(markdown(doc))
+    if a.figure:
+        memory_figure(doc, a.figure)
+    if a.figure_time:
+        time_figure(doc, a.figure_time)
+    return 0
+
+
+def check_args(p: argparse.ArgumentParser, a) -> None:
+    """Stop with one line on an impossible option; fill in the defaults that depend on others."""
     if not a.data_bin or not os.path.isdir(a.data_bin):
         p.error(f"--data-bin {a.data_bin!r}: data-bin directory not found")
     if not a.budget_minutes > 0:
@@ -648,9 +651,11 @@ def main(argv=None) -> int:
     elif a.quiet_seconds < 0:
         p.error("--quiet-seconds must be >= 0")
     a.at_minutes = sorted(set(a.at_minutes))
-    names = [n for n in CONFIGS if n == CLASSIC or not a.only or n in a.only]
-    seeds = a.seeds or [None]
-    started = datetime.datetime.now().astimezone()
+
+
+def run_seeds(a, names: List[str], seeds: list) -> tuple:
+    """Every configuration, once per seed, with the time left shown: (rows, verdict by seed,
+    NODE budget by seed), keyed "-" for the configs' own seed."""
     # time left: the budgets (plus start-up, the load check and the last validation); the NODE
     # runs' budget is known once the classic has run, its upper bound (factor x its budget) until then
     stages = Stages(PROG, [run_name(n, s) for s in seeds for n in names],
@@ -663,7 +668,12 @@ def main(argv=None) -> int:
         key = "-" if seed is None else str(seed)
         verdicts[key], node_minutes[key] = v, round(m, 3)
     stages.finish()
-    memory = [] if a.skip_memory else memory_vs_nfe(a.smoke)
+    return rows, verdicts, node_minutes
+
+
+def report(a, argv, rows: List[dict], verdicts: dict, node_minutes: dict, memory: list,
+           started: datetime.datetime) -> dict:
+    """The benchmark JSON: the rows, verdicts, settings, machine and times."""
     first = next(iter(verdicts))
     busy = [r["run"] for r in rows if r.get("busy")]
     doc = {
@@ -687,6 +697,11 @@ def main(argv=None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
+    return doc
+
+
+def write_report(a, doc: dict) -> None:
+    """Print the tables, write the JSON (and figure), and warn loudly of a busy machine."""
     print_report(doc)
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     write_json(a.json, doc)
@@ -694,11 +709,27 @@ def main(argv=None) -> int:
     if a.figure_time:
         time_figure(doc, a.figure_time)
         print(f"{PROG}: wrote {a.figure_time}", file=sys.stderr)
+    busy = doc["busy_runs"]
     if busy:
         print(f"{PROG}: WARNING: BUSY MACHINE: {', '.join(busy)} shared the machine with other "
               "processes; rerun them on a quiet machine before trusting their times", file=sys.stderr)
-    return 0
 
+
+def main(argv=None) -> int:
+    p = arg_parser()
+    a = p.parse_args(argv)
+    if a.render:
+        return render(a)
+    if a.memory_probe:
+        print(json.dumps(memory_probe(a.memory_probe[0], float(a.memory_probe[1]), a.smoke)))
+        return 0
+    check_args(p, a)
+    names = [n for n in CONFIGS if n == CLASSIC or not a.only or n in a.only]
+    started = datetime.datetime.now().astimezone()
+    rows, verdicts, node_minutes = run_seeds(a, names, a.seeds or [None])
+    memory = [] if a.skip_memory else memory_vs_nfe(a.smoke)
+    write_report(a, report(a, argv, rows, verdicts, node_minutes, memory, started))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

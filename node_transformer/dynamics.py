@@ -74,7 +74,7 @@ class TransformerDynamics(nn.Module):
             raise ValueError(f"dynamics width {width} is not a multiple of {heads} heads")
         self.activation_dropout = activation_dropout
         self.activation_fn = utils.get_activation_fn(activation_fn)
-        # Attention dropout on the weights is not used inside the dynamics (see README):
+        # Attention dropout on the weights is not used inside the dynamics (see docs/design.md):
         # fairseq's attention draws its own masks, which would make f random.
         self.self_attn = (
             MultiheadAttention(width, heads, dropout=0.0, self_attention=True)

@@ -1,4 +1,4 @@
-"""Two small workarounds for the fairseq we install, applied when the plugin is imported.
+"""Three small workarounds for the fairseq we install, applied when the plugin is imported.
 
 1. torch >= 2.6 loads with ``weights_only=True`` by default, and fairseq's checkpoints hold
    a few Python objects besides tensors, so fairseq-generate and resumed training fail with
@@ -9,12 +9,19 @@
    fairseq's own translation task printed 16 hypotheses for 23 inputs, and training never saw
    some sentences. ``data_utils.batch_by_size`` is wrapped to hand that batch back; the other
    batches keep the multiple.
+3. fairseq parses the command line once before it adds the flags of the chosen ``--arch``,
+   ``--task``, criterion, optimizer...; ``--help`` acts in that first parse, so
+   ``fairseq-train --user-dir node_transformer --arch node_transformer --help`` listed no
+   ``--node-*`` flag. ``options.parse_args_and_arch`` is wrapped: with ``-h``/``--help`` it
+   lets fairseq add every chosen component's flags first, then prints the help and exits.
 """
 
 import argparse
+import sys
 
 import numpy as np
 import torch
+from fairseq import options
 from fairseq.data import data_utils
 
 SAFE_GLOBALS = [argparse.Namespace]
@@ -35,3 +42,34 @@ if not hasattr(data_utils.batch_by_size, "keeps_every_index"):  # once, however 
     _fairseq_batch_by_size = data_utils.batch_by_size
     _batch_by_size_keeping_every_index.keeps_every_index = True
     data_utils.batch_by_size = _batch_by_size_keeping_every_index
+
+
+HELP = ("-h", "--help")
+
+
+def _parse_args_and_arch_with_full_help(parser, input_args=None, parse_known=False,
+                                        suppress_defaults=False, modify_parser=None):
+    argv = list(sys.argv[1:] if input_args is None else input_args)
+    if not any(a in HELP for a in argv):
+        return _fairseq_parse_args_and_arch(parser, input_args, parse_known, suppress_defaults,
+                                            modify_parser)
+    calls = []
+
+    def add_then_help(p):
+        # fairseq calls this before its first parse and again once every chosen
+        # component's flags are on the parser: then the help is complete.
+        if modify_parser is not None:
+            modify_parser(p)
+        calls.append(p)
+        if len(calls) == 2:
+            p.print_help()
+            sys.exit(0)
+
+    return _fairseq_parse_args_and_arch(parser, [a for a in argv if a not in HELP], parse_known,
+                                        False, add_then_help)
+
+
+if not hasattr(options.parse_args_and_arch, "full_help"):  # once, however often imported
+    _fairseq_parse_args_and_arch = options.parse_args_and_arch
+    _parse_args_and_arch_with_full_help.full_help = True
+    options.parse_args_and_arch = _parse_args_and_arch_with_full_help

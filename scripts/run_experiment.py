@@ -1,11 +1,9 @@
 #!/usr/bin/env python3
 """Command-line main of experiments.runner: run one experiment of the study (see --help)."""
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout first
-from experiments.runner import main  # noqa: E402
+from experiments.runner import main
 
 if __name__ == "__main__":
     sys.exit(main())

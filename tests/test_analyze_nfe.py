@@ -2,7 +2,7 @@
 adjoint backward), its correlations, the figures and the trajectories."""
 
 import csv
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -21,10 +21,8 @@ N_VALID = 20  # toy_model's valid split
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("analyze_nfe", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The module behind scripts/analyze_nfe.py."""
+    return importlib.import_module("experiments.analysis.analyze_nfe")
 
 
 def analyze(*args):

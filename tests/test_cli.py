@@ -41,6 +41,17 @@ def data_bin(tmp_path_factory):
     return str(out), str(raw)
 
 
+def test_train_help_lists_the_node_flags_with_their_help():
+    """fairseq parses once before adding the chosen --arch's flags, and --help acted then:
+    the --node-* flags were missing from ``fairseq-train --arch node_transformer --help``."""
+    proc = cli("fairseq-train", "--user-dir", USER_DIR, "--arch", "node_transformer",
+               "--task", "node_translation", "--help", timeout=120)
+    text = re.sub(r"\s+", " ", proc.stdout)
+    assert "Model-specific configuration" in text
+    assert "--node-rtol NODE_RTOL solver relative tolerance (default 0.01)" in text
+    assert "--node-on-budget NODE_ON_BUDGET a training batch whose solve exceeds --node-max-nfe" in text
+    assert "--encoder-embed-dim" in text  # fairseq's own model flags, with the plugin's
+
 def train(data, save_dir, *flags, epochs=2):
     return cli("fairseq-train", *train_argv(
         data, save_dir, MODEL, *flags, lr=5e-3, max_tokens=400, epochs=epochs,

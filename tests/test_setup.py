@@ -132,7 +132,7 @@ def _runs(python):
 def test_install_from_scratch(tmp_path, python, how):
     """The whole install in a fresh clone of the committed tree. Measured here (2026-11-28,
     2 shared cores, PyPI reachable): 3.12 in 2 min 44 s with a cold pip cache (the CUDA
-    build of torch 2.13, about 3 GB, downloaded); 3.11 see README."""
+    build of torch 2.13, about 3 GB, downloaded); 3.11 see docs/install.md."""
     if not _runs(python):
         pytest.skip(f"{python} does not run here")
     clone = tmp_path / "clone"

@@ -33,8 +33,7 @@ def test_decoder_nfe_sums_every_batch(tmp_path):
 def test_fixed_grid_of_an_adaptive_model_trained_with_a_first_step():
     """--fixed-grid replaces the solver of a model whose adaptive settings (here a first step)
     do not apply to a fixed grid: the grid's solver drops them."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import time_generation as tg
+    from experiments.analysis import time_generation as tg
     from node_transformer.ode_block import ODEBlock
 
     with tempfile.TemporaryDirectory() as d:
@@ -60,8 +59,7 @@ def test_fixed_grid_of_an_adaptive_model_trained_with_a_first_step():
 def test_modes_of_each_kind_of_decoder():
     """Cached where exact (fixed grid, or the separated decoder), recompute always, and a
     fixed grid offered to every adaptive decoder."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import time_generation as tg
+    from experiments.analysis import time_generation as tg
 
     with tempfile.TemporaryDirectory() as d:
         for lang in ("src", "tgt"):

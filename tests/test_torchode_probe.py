@@ -2,7 +2,7 @@
 (same f, pads held fixed, norms over real positions), and its errors are one line. The
 comparison itself needs torchode, an optional package: that test skips without it."""
 
-import importlib.util
+import importlib
 import json
 import os
 import sys
@@ -17,10 +17,8 @@ SCRIPT = os.path.join(ROOT, "scripts", "torchode_probe.py")
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("torchode_probe", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The module behind scripts/torchode_probe.py."""
+    return importlib.import_module("experiments.analysis.torchode_probe")
 
 
 def test_batch_first_problem_is_the_blocks_ode(tmp_path):
