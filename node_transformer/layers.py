@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .config import NodeConfig
 from .dynamics import SolveDropout
-from .incremental import StageCache, staged
+from .incremental import StageCache
 from .ode_block import ODEBlock
 from .rk_blocks import GatedRK2Block, PredictorCorrectorBlock, RK2Gate
 

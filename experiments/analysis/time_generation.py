@@ -46,7 +46,6 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import node_transformer  # noqa: F401
 from node_transformer.decoder import NODETransformerDecoder
-from node_transformer.incremental import staged
 from node_transformer.ode_block import ODEBlock
 
 from experiments.configs import ROOT, USER_DIR
@@ -94,7 +93,7 @@ def modes_of(model, fixed_grid: str) -> List[str]:
     if dec is None:
         return ["classic"]
     modes = ["cached", "recompute"] if dec.cached_decoding() else ["recompute"]
-    if not staged(dec.layers[0].block.solver):  # adaptive (or Adams): a fixed RK grid too
+    if not dec.layers[0].block.staged():  # adaptive (or Adams): a fixed RK grid too
         modes.append(f"fixed:{fixed_grid}")
     return modes
 
@@ -304,8 +303,9 @@ def result_rows(a, runs, best: Dict[tuple, dict]) -> List[dict]:
         dec = node_decoder(model)
         solver = None
         if dec is not None:
-            s = dec.layers[0].block.solver
-            solver = f"{s.method}" + (f" x{s.steps}" if s.steps else "")
+            block = dec.layers[0].block
+            s = getattr(block, "solver", None)  # None: a learned RK block (rk_blocks.py)
+            solver = block.describe() if s is None else f"{s.method}" + (f" x{s.steps}" if s.steps else "")
             if mode.startswith("fixed:"):
                 solver = mode[6:].replace(":", " x")
         row = {"config": name, "mode": mode, "solver": solver, "sentences": n,
