@@ -281,25 +281,31 @@ class NODETranslationTask(TranslationTask):
                 log = {**failed_nfe, BATCHES: 1, counter: 1}
                 return torch.zeros(()), 0, self._shaped(log, model, criterion, True)
         self._live_batches += 1
-        if self._wants_replay(model) and not ignore_grad:
-            out = self._train_replayed(out, sample, model, criterion, optimizer, update_num)
+        # Every worker asks, a worker whose batch is fairseq's filler (ignore_grad: the
+        # epoch's batches do not split evenly) too: a collective that one worker leaves out
+        # pairs the others' with its next one, and gloo aborts. A filler step offers no
+        # deferred batch of its own (fairseq zeroes its sample size and logs).
+        offer = not ignore_grad
+        if self._wants_replay(model, offer):
+            out = self._train_replayed(out, sample, model, criterion, optimizer, update_num, offer)
         return out[0], out[1], self._shaped(out[2], model, criterion, True)
 
-    def _wants_replay(self, model) -> bool:
+    def _wants_replay(self, model, offer: bool = True) -> bool:
         """Whether any worker has a deferred batch to train now (all must take part)."""
+        mine = offer and bool(self._replay)
         group, world = _world(model)
         if world == 1:
-            return bool(self._replay)
-        flag = torch.tensor([float(bool(self._replay))], device=next(model.parameters()).device)
+            return mine
+        flag = torch.tensor([float(mine)], device=next(model.parameters()).device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
         return flag.item() > 0
 
-    def _train_replayed(self, out, sample, model, criterion, optimizer, update_num):
+    def _train_replayed(self, out, sample, model, criterion, optimizer, update_num, offer=True):
         """One deferred batch joins this step; over budget again, it is dropped for good.
         A worker without one runs the live batch again with its gradient ignored, so that
         every worker runs the same number of backwards."""
         device = next(model.parameters()).device
-        mine = bool(self._replay)
+        mine = offer and bool(self._replay)
         replay = utils.apply_to_sample(lambda t: t.to(device), self._replay.pop(0)) if mine else sample
         again, error = self._attempt(replay, model, criterion, optimizer, update_num, not mine)
         if error is not None:
