@@ -163,16 +163,30 @@ class NODETranslationTask(TranslationTask):
         self._live_batches = 0  # batches of the current update that reached the optimizer
         self._deferred: List[dict] = []  # over budget this epoch (on the CPU)
         self._replay: List[dict] = []  # deferred in an earlier epoch, to train on now
+        self._train_itr = None  # the training set's epoch iterator (to see an epoch end)
+        self._epoch = 0
+        self._epoch_steps = 0  # optimizer steps taken in this epoch
+        self._idle_epochs = 0  # epochs in a row that took none
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         # fairseq main drops the last batch when its size is not a multiple of
         # --required-batch-size-multiple: generate would print 96 of 100 translations and
         # training would never see the longest sentences. Every sentence must be used.
         kwargs["required_batch_size_multiple"] = 1
-        return super().get_batch_iterator(dataset, *args, **kwargs)
+        itr = super().get_batch_iterator(dataset, *args, **kwargs)
+        if dataset is self.datasets.get(self._train_subset()):
+            self._train_itr = itr
+        return itr
+
+    def _train_subset(self) -> Optional[str]:
+        try:  # an interpolation of fairseq's config, unresolved outside fairseq-train
+            return self.cfg.train_subset
+        except Exception:
+            return None
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
+        self._epoch, self._epoch_steps = epoch, 0
         if self._deferred:
             logger.info("epoch %d: %d deferred batches will be trained on again", epoch, len(self._deferred))
         self._replay.extend(self._deferred)
@@ -319,6 +333,9 @@ class NODETranslationTask(TranslationTask):
     def optimizer_step(self, optimizer, model, update_num):
         skip = self._live_batches == 0
         self._live_batches = 0
+        self._epoch_steps += not skip
+        if self._train_itr is not None and self._train_itr.end_of_epoch():
+            self._end_epoch(model)
         if skip:
             # Only skipped batches in this update: no step. The grad scaler of --amp has
             # unscaled this update's (zero) gradients; it must be told the update is over.
@@ -328,6 +345,20 @@ class NODETranslationTask(TranslationTask):
             optimizer.zero_grad()
             return
         super().optimizer_step(optimizer, model, update_num)
+
+    def _end_epoch(self, model) -> None:
+        """The epoch's last update: an epoch that trained nothing stops fairseq-train, before
+        its validation and checkpoint (those of earlier epochs stay as they are). Every worker
+        stops at the same update: the skip decisions are collective. Under --node-on-budget
+        defer one such epoch is let through: its batches come back in the next one."""
+        self._idle_epochs = 0 if self._epoch_steps else self._idle_epochs + 1
+        node = node_settings(model)
+        if self._idle_epochs == 0 or (node.node_on_budget == "defer" and self._idle_epochs == 1):
+            return
+        epochs = f"epochs {self._epoch - 1} and {self._epoch}" if self._idle_epochs > 1 else f"epoch {self._epoch}"
+        raise SystemExit(f"node_transformer: error: {epochs} trained nothing: every update's batches "
+                         f"failed their solves (--node-max-nfe {node.node_max_nfe}, --node-on-budget "
+                         f"{node.node_on_budget}); stopped before saving a checkpoint of it")
 
     def valid_step(self, sample, model, criterion):
         reset_nfe(model)
