@@ -356,9 +356,9 @@ class NODETranslationTask(TranslationTask):
         if self._idle_epochs == 0 or (node.node_on_budget == "defer" and self._idle_epochs == 1):
             return
         epochs = f"epochs {self._epoch - 1} and {self._epoch}" if self._idle_epochs > 1 else f"epoch {self._epoch}"
-        raise SystemExit(f"node_transformer: error: {epochs} trained nothing: every update's batches "
-                         f"failed their solves (--node-max-nfe {node.node_max_nfe}, --node-on-budget "
-                         f"{node.node_on_budget}); stopped before saving a checkpoint of it")
+        raise SystemExit(f"node_transformer: error: {epochs} trained nothing: a solve failed in every "
+                         f"update (--node-on-budget {node.node_on_budget}); stopped before saving a "
+                         "checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step")
 
     def valid_step(self, sample, model, criterion):
         reset_nfe(model)
