@@ -10,7 +10,12 @@ per epoch).
 
 With several workers every such decision is collective: after each forward and each backward
 the workers agree (one tiny all-reduce) on whether any of them failed, so all of them skip,
-retry or defer the same batch together and none ever runs a backward the others do not.
+retry or defer the same batch together and none ever runs a backward the others do not; after
+a batch has trained, a third says whether any of them has a deferred batch to train with it.
+Every worker takes part in each, one on fairseq's filler batch (``ignore_grad``) too.
+
+An epoch whose every update failed stops fairseq-train before its checkpoint is written
+(under defer: the second such epoch in a row, the first one's batches come back in the next).
 """
 
 from __future__ import annotations
@@ -355,7 +360,9 @@ class NODETranslationTask(TranslationTask):
         node = node_settings(model)
         if self._idle_epochs == 0 or (node.node_on_budget == "defer" and self._idle_epochs == 1):
             return
-        epochs = f"epochs {self._epoch - 1} and {self._epoch}" if self._idle_epochs > 1 else f"epoch {self._epoch}"
+        epochs = f"epoch {self._epoch}"
+        if self._idle_epochs > 1:
+            epochs = f"epochs {self._epoch - 1} and {self._epoch}"
         raise SystemExit(f"node_transformer: error: {epochs} trained nothing: a solve failed in every "
                          f"update (--node-on-budget {node.node_on_budget}); stopped before saving a "
                          "checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step")

@@ -172,7 +172,8 @@ def ns(**kw):
 def test_bad_flags_name_the_flag(data_dir, tmp_path, flags, message):
     """What a user sees: fairseq-train stops before training with one line naming the flag."""
     proc = cli("fairseq-train", data_dir, "--user-dir", USER_DIR, "--task", "node_translation",
-               "--source-lang", "src", "--target-lang", "tgt", "--arch", "node_transformer", *TINY, *flags, "--save-dir", str(tmp_path / "ckpt"),
+               "--source-lang", "src", "--target-lang", "tgt", "--arch", "node_transformer", *TINY,
+               *flags, "--save-dir", str(tmp_path / "ckpt"),
                "--max-epoch", "1", "--max-tokens", "100", check=False, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()

@@ -127,7 +127,8 @@ def _solve_and_backward(settings):
     (dict(method="heun3", steps=2), 6),
     (dict(method="rk4", steps=8), 32),
     (dict(method="rk4"), 4),  # the grid is ts: one step
-    (dict(method="rk4", ts=(0.0, 0.3, 1.0), steps=4), 4 * (3 + 2)),  # backward: 0.3 / 0.25 -> 2 steps, 0.7 / 0.25 -> 3
+    # the adjoint's grid per interval: 0.3 / 0.25 -> 2 steps, 0.7 / 0.25 -> 3 (forward: 4)
+    (dict(method="rk4", ts=(0.0, 0.3, 1.0), steps=4), 4 * (2 + 3)),
     # Adams: two rk4 steps, then 1 (explicit) or 2 (implicit, converged at once) a step
     (dict(method="explicit_adams", steps=5), 8 + 3),
     (dict(method="implicit_adams", steps=5), 8 + 6),

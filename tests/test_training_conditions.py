@@ -79,8 +79,10 @@ def test_an_epoch_that_trains_nothing_stops_fairseq_train(three_batches, tmp_pat
     # need): no update, validation loss inf. fairseq-train used to write checkpoint_best.pt
     # (score inf) and exit 0. It stops before that epoch's checkpoint; an earlier epoch's stay.
     save = tmp_path / "ckpt"
-    args = lambda *flags, epochs: train_args(three_batches, str(save), *NODE, "--batch-size", "10",  # noqa: E731
-                                             *flags, epochs=epochs)
+
+    def args(*flags, epochs):
+        return train_args(three_batches, str(save), *NODE, "--batch-size", "10", *flags, epochs=epochs)
+
     if resumed:  # epoch 1 trains; epoch 2, resumed with the budget, cannot
         cli("fairseq-train", *args(epochs=1), env=ENV)
     before = _checkpoints(save)
@@ -91,7 +93,8 @@ def test_an_epoch_that_trains_nothing_stops_fairseq_train(three_batches, tmp_pat
     last = proc.stderr.strip().splitlines()[-1]
     assert re.fullmatch(rf"node_transformer: error: epoch {2 if resumed else 1} trained nothing: a solve "
                         r"failed in every update \(--node-on-budget skip\); stopped before saving a "
-                        r"checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step", last), last
+                        r"checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step",
+                        last), last
     assert "Traceback" not in proc.stderr
     assert _checkpoints(save) == before  # nothing written, nothing overwritten
     assert not log_records(proc, "valid")
