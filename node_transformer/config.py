@@ -207,7 +207,20 @@ class NodeConfig(FairseqDataclass):
             raise NodeArgumentError("--node-time-dependent is not available with "
                                     f"--node-dynamics {self.node_dynamics}")
         self._check_block()
-        ts = self.solver_settings().ts  # odeint_ext checks the solver settings, all together
+        if self.node_decoding != "auto" and not self.node_decoder:
+            raise NodeArgumentError(f"--node-decoding {self.node_decoding} requires --node-decoder "
+                                    "(it chooses how a NODE decoder generates)")
+        solver = self.solver_settings()  # odeint_ext checks the solver settings, all together
+        ts = solver.ts
+        fewest = solver.fewest_evaluations()
+        if solver.max_nfe is not None and solver.max_nfe < fewest:
+            given = ", ".join(f"{flag(n)} {getattr(self, n)}" for n in
+                              ("node_method", "node_steps", "node_ts", "node_first_step",
+                               "node_min_step", "node_backprop")
+                              if n == "node_method" or n in self.changed())
+            raise NodeArgumentError(f"--node-max-nfe {self.node_max_nfe} is below the {fewest} "
+                                    f"evaluations every solve with {given} makes: no batch could "
+                                    "pass it (0 = unbounded)")
         if self.node_steer_b >= ts[-1] - ts[-2]:
             raise NodeArgumentError(f"--node-steer-b {self.node_steer_b} must be smaller than the "
                                     f"last interval of --node-ts ({ts[-1] - ts[-2]:g})")

@@ -10,7 +10,12 @@ per epoch).
 
 With several workers every such decision is collective: after each forward and each backward
 the workers agree (one tiny all-reduce) on whether any of them failed, so all of them skip,
-retry or defer the same batch together and none ever runs a backward the others do not.
+retry or defer the same batch together and none ever runs a backward the others do not; after
+a batch has trained, a third says whether any of them has a deferred batch to train with it.
+Every worker takes part in each, one on fairseq's filler batch (``ignore_grad``) too.
+
+An epoch whose every update failed stops fairseq-train before its checkpoint is written
+(under defer: the second such epoch in a row, the first one's batches come back in the next).
 """
 
 from __future__ import annotations
@@ -163,16 +168,30 @@ class NODETranslationTask(TranslationTask):
         self._live_batches = 0  # batches of the current update that reached the optimizer
         self._deferred: List[dict] = []  # over budget this epoch (on the CPU)
         self._replay: List[dict] = []  # deferred in an earlier epoch, to train on now
+        self._train_itr = None  # the training set's epoch iterator (to see an epoch end)
+        self._epoch = 0
+        self._epoch_steps = 0  # optimizer steps taken in this epoch
+        self._idle_epochs = 0  # epochs in a row that took none
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         # fairseq main drops the last batch when its size is not a multiple of
         # --required-batch-size-multiple: generate would print 96 of 100 translations and
         # training would never see the longest sentences. Every sentence must be used.
         kwargs["required_batch_size_multiple"] = 1
-        return super().get_batch_iterator(dataset, *args, **kwargs)
+        itr = super().get_batch_iterator(dataset, *args, **kwargs)
+        if dataset is self.datasets.get(self._train_subset()):
+            self._train_itr = itr
+        return itr
+
+    def _train_subset(self) -> Optional[str]:
+        try:  # an interpolation of fairseq's config, unresolved outside fairseq-train
+            return self.cfg.train_subset
+        except Exception:
+            return None
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
+        self._epoch, self._epoch_steps = epoch, 0
         if self._deferred:
             logger.info("epoch %d: %d deferred batches will be trained on again", epoch, len(self._deferred))
         self._replay.extend(self._deferred)
@@ -281,25 +300,31 @@ class NODETranslationTask(TranslationTask):
                 log = {**failed_nfe, BATCHES: 1, counter: 1}
                 return torch.zeros(()), 0, self._shaped(log, model, criterion, True)
         self._live_batches += 1
-        if self._wants_replay(model) and not ignore_grad:
-            out = self._train_replayed(out, sample, model, criterion, optimizer, update_num)
+        # Every worker asks, a worker whose batch is fairseq's filler (ignore_grad: the
+        # epoch's batches do not split evenly) too: a collective that one worker leaves out
+        # pairs the others' with its next one, and gloo aborts. A filler step offers no
+        # deferred batch of its own (fairseq zeroes its sample size and logs).
+        offer = not ignore_grad
+        if self._wants_replay(model, offer):
+            out = self._train_replayed(out, sample, model, criterion, optimizer, update_num, offer)
         return out[0], out[1], self._shaped(out[2], model, criterion, True)
 
-    def _wants_replay(self, model) -> bool:
+    def _wants_replay(self, model, offer: bool = True) -> bool:
         """Whether any worker has a deferred batch to train now (all must take part)."""
+        mine = offer and bool(self._replay)
         group, world = _world(model)
         if world == 1:
-            return bool(self._replay)
-        flag = torch.tensor([float(bool(self._replay))], device=next(model.parameters()).device)
+            return mine
+        flag = torch.tensor([float(mine)], device=next(model.parameters()).device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
         return flag.item() > 0
 
-    def _train_replayed(self, out, sample, model, criterion, optimizer, update_num):
+    def _train_replayed(self, out, sample, model, criterion, optimizer, update_num, offer=True):
         """One deferred batch joins this step; over budget again, it is dropped for good.
         A worker without one runs the live batch again with its gradient ignored, so that
         every worker runs the same number of backwards."""
         device = next(model.parameters()).device
-        mine = bool(self._replay)
+        mine = offer and bool(self._replay)
         replay = utils.apply_to_sample(lambda t: t.to(device), self._replay.pop(0)) if mine else sample
         again, error = self._attempt(replay, model, criterion, optimizer, update_num, not mine)
         if error is not None:
@@ -313,6 +338,9 @@ class NODETranslationTask(TranslationTask):
     def optimizer_step(self, optimizer, model, update_num):
         skip = self._live_batches == 0
         self._live_batches = 0
+        self._epoch_steps += not skip
+        if self._train_itr is not None and self._train_itr.end_of_epoch():
+            self._end_epoch(model)
         if skip:
             # Only skipped batches in this update: no step. The grad scaler of --amp has
             # unscaled this update's (zero) gradients; it must be told the update is over.
@@ -322,6 +350,22 @@ class NODETranslationTask(TranslationTask):
             optimizer.zero_grad()
             return
         super().optimizer_step(optimizer, model, update_num)
+
+    def _end_epoch(self, model) -> None:
+        """The epoch's last update: an epoch that trained nothing stops fairseq-train, before
+        its validation and checkpoint (those of earlier epochs stay as they are). Every worker
+        stops at the same update: the skip decisions are collective. Under --node-on-budget
+        defer one such epoch is let through: its batches come back in the next one."""
+        self._idle_epochs = 0 if self._epoch_steps else self._idle_epochs + 1
+        node = node_settings(model)
+        if self._idle_epochs == 0 or (node.node_on_budget == "defer" and self._idle_epochs == 1):
+            return
+        epochs = f"epoch {self._epoch}"
+        if self._idle_epochs > 1:
+            epochs = f"epochs {self._epoch - 1} and {self._epoch}"
+        raise SystemExit(f"node_transformer: error: {epochs} trained nothing: a solve failed in every "
+                         f"update (--node-on-budget {node.node_on_budget}); stopped before saving a "
+                         "checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step")
 
     def valid_step(self, sample, model, criterion):
         reset_nfe(model)

@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .methods import FIXED_GRID_METHODS, METHODS, RK_ADAPTIVE_METHODS, is_adaptive
+from .methods import (FIXED_GRID_METHODS, METHODS, RK_ADAPTIVE_METHODS, RK_STAGES, STEP_GROWTH,
+                      fixed_grid_evaluations, is_adaptive)
 from .solve import SolveStats, odeint_adjoint_ext, odeint_ext
 
 BACKPROPS = ("adjoint", "direct")
@@ -130,6 +131,42 @@ class SolverSettings:
         if self.steps:
             return {"step_size": (self.ts[-1] - self.ts[0]) / self.steps}
         return None  # the grid is ts itself
+
+    def fewest_evaluations(self) -> int:
+        """The fewest evaluations of the dynamics a solve with these settings makes, whatever
+        the dynamics: the forward solve and, under the adjoint, the backward pass (one solve
+        per interval of ``ts``, each starting afresh). A ``max_nfe`` below it fails every
+        solve. Fixed grids: evaluations per step x steps. torchdiffeq's adaptive Runge-Kutta
+        methods: the evaluation at the start, its first-step guess (a second one, unless
+        ``first_step`` is given) and one step's stages (more steps when ``first_step`` is too
+        small to reach the end, steps growing at most tenfold). scipy_solver: scipy decides (1).
+        """
+        ts = self.ts
+        intervals = [b - a for a, b in zip(ts, ts[1:])]
+        if self.method in FIXED_GRID_METHODS:
+            forward = fixed_grid_evaluations(self.method, self.steps or len(intervals))
+            step = (ts[-1] - ts[0]) / self.steps if self.steps else None
+            # the adjoint solves each interval on its own, on a grid of the same step size
+            per_interval = [1 if step is None else max(1, math.ceil(span / step - 1e-6))
+                            for span in intervals]
+            backward = sum(fixed_grid_evaluations(self.method, n) for n in per_interval)
+        elif self.method in RK_ADAPTIVE_METHODS:
+            forward = self._fewest_adaptive(ts[-1] - ts[0])
+            backward = sum(self._fewest_adaptive(span) for span in intervals)
+        else:
+            return 1
+        return max(forward, backward) if self.backprop == "adjoint" else forward
+
+    def _fewest_adaptive(self, span: float) -> int:
+        """An adaptive Runge-Kutta solve over ``span``: its fewest steps come when every step
+        is accepted with no error (the step then grows by STEP_GROWTH)."""
+        steps = 1
+        if self.first_step is not None:
+            dt, covered, steps = max(self.first_step, self.min_step or 0.0), 0.0, 0
+            while covered < span * (1 - 1e-9):
+                covered, dt, steps = covered + dt, dt * STEP_GROWTH, steps + 1
+        start = 1 if self.first_step is not None else 2
+        return start + RK_STAGES[self.method] * steps
 
     def fixed_step(self, steps: int, method: str = "rk4") -> "SolverSettings":
         """The same solve on a grid of ``steps`` steps of a fixed-grid ``method``, without a

@@ -39,19 +39,19 @@ def grads(model):
 
 
 def test_error_policy_raises(data_dir):
-    task, model, opt, crit = setup(data_dir, "error", "--node-max-nfe", "2")
-    with pytest.raises(SystemExit, match="node_transformer: error: .*NFE 3 > max_nfe 2"):
+    task, model, opt, crit = setup(data_dir, "error", "--node-max-nfe", "8")
+    with pytest.raises(SystemExit, match="node_transformer: error: .*NFE 9 > max_nfe 8"):
         task.train_step(batch(task, PAIRS), model, crit, opt, update_num=1)
 
 
 def test_fixed_step_trains_the_batch_with_rk4(data_dir):
-    task, model, opt, crit = setup(data_dir, "fixed-step", "--node-max-nfe", "2",
+    task, model, opt, crit = setup(data_dir, "fixed-step", "--node-max-nfe", "8",
                                    "--node-fallback-steps", "3")
     sample = batch(task, PAIRS)
     loss, sample_size, log = task.train_step(sample, model, crit, opt, update_num=1)
     assert log["node_fixed_step"] == 1 and sample_size == sample["ntokens"] > 0
-    # rk4 (3/8 rule: 4 evaluations a step) on 3 steps, plus the failed attempt's 3.
-    assert log["nfe_enc_fwd"] == 4 * 3 + 3
+    # rk4 (3/8 rule: 4 evaluations a step) on 3 steps, plus the failed attempt's 9.
+    assert log["nfe_enc_fwd"] == 4 * 3 + 9
     assert all(b.fallback is None for b in model.modules() if isinstance(b, ODEBlock))
     fallback = grads(model)
     # The same gradients as a model that solves with rk4 on 3 steps in the first place.
@@ -66,13 +66,13 @@ def test_fixed_step_trains_the_batch_with_rk4(data_dir):
 
 
 def test_fixed_step_in_validation(data_dir):
-    task, model, _, crit = setup(data_dir, "fixed-step", "--node-max-nfe", "2")
+    task, model, _, crit = setup(data_dir, "fixed-step", "--node-max-nfe", "8")
     _, sample_size, log = task.valid_step(batch(task, PAIRS), model, crit)
     assert log["node_fixed_step"] == 1 and sample_size > 0
 
 
 def test_defer_trains_the_batch_in_the_next_epoch(data_dir):
-    task, model, opt, crit = setup(data_dir, "defer", "--node-max-nfe", "2")
+    task, model, opt, crit = setup(data_dir, "defer", "--node-max-nfe", "8")
     hard, easy = batch(task, PAIRS), batch(task, OTHER)
     before = params(model)
     _, sample_size, log = task.train_step(hard, model, crit, opt, update_num=1)
@@ -96,7 +96,7 @@ def test_defer_trains_the_batch_in_the_next_epoch(data_dir):
 
 
 def test_deferred_batch_over_budget_again_is_dropped(data_dir, monkeypatch):
-    task, model, opt, crit = setup(data_dir, "defer", "--node-max-nfe", "2")
+    task, model, opt, crit = setup(data_dir, "defer", "--node-max-nfe", "8")
     hard, easy = batch(task, PAIRS), batch(task, OTHER)
     task.train_step(hard, model, crit, opt, update_num=1)
     task.optimizer_step(opt, model, 1)

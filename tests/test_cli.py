@@ -128,7 +128,14 @@ def test_resume_loads_checkpoint_without_env_vars(data_bin, tmp_path):
     assert [int(r["epoch"]) for r in log_records(proc, "train")] == [2]
 
 
-def test_impossible_flags_stop_with_one_line(data_bin, tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    (["--node-separated-decoder"], "--node-separated-decoder requires --node-decoder"),
+    # 4 evaluations a step x 8 steps: every batch would be skipped, every epoch
+    (["--node-encoder", "--node-method", "rk4", "--node-steps", "8", "--node-max-nfe", "16"],
+     "--node-max-nfe 16 is below the 32 evaluations every solve with --node-method rk4, "
+     "--node-steps 8 makes: no batch could pass it (0 = unbounded)"),
+])
+def test_impossible_flags_stop_with_one_line(data_bin, tmp_path, flags, message):
     data, _ = data_bin
     save = tmp_path / "ckpt"
     save.mkdir()
@@ -136,22 +143,23 @@ def test_impossible_flags_stop_with_one_line(data_bin, tmp_path):
     proc = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "fairseq-train"), data, "--user-dir",
          USER_DIR, "--task", "node_translation", "--arch", "node_transformer", *MODEL,
-         "--node-separated-decoder", "--save-dir", str(save), "--max-epoch", "1",
+         *flags, "--save-dir", str(save), "--max-epoch", "1",
          "--max-tokens", "400"],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, **ENV))
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]  # SystemExit's message goes to stderr
-    assert last == "node_transformer: error: --node-separated-decoder requires --node-decoder"
+    assert last == "node_transformer: error: " + message
     assert "Traceback" not in proc.stderr
     assert (save / "keep.txt").read_text() == "written before"
     assert not any(p.suffix == ".pt" for p in save.iterdir())
 
 
 def test_budget_fallback_and_penalties_reach_the_logs(data_bin, tmp_path):
-    # A budget too small for dopri5: batches are solved again with rk4, and counted.
+    # A budget too small for these dopri5 solves (the least it accepts): batches are solved
+    # again with rk4, and counted.
     data, _ = data_bin
     proc = train(data, str(tmp_path / "ckpt"), "--node-encoder", "--node-decoder",
-                 "--node-max-nfe", "7", "--node-on-budget", "fixed-step",
+                 "--node-max-nfe", "8", "--node-on-budget", "fixed-step",
                  "--node-fallback-steps", "2", "--node-kinetic-energy", "0.01",
                  "--node-jacobian-norm", "0.01", "--node-steer-b", "0.2")
     epochs = log_records(proc, "train")

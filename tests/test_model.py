@@ -1,13 +1,14 @@
 """The NODE-Transformer in-process: gradients, dropout, generation, flags, budgets."""
 
 import argparse
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from fairseq.optim.sgd import SGD
 
-from fairseq_helpers import VARIANTS, batch, build, set_solver, write_dicts
+from fairseq_helpers import TINY, USER_DIR, VARIANTS, batch, build, cli, set_solver, write_dicts
 from node_transformer.dynamics import SolveDropout
 from node_transformer.encoder import NODETransformerEncoder
 from node_transformer.decoder import NODETransformerDecoder
@@ -135,27 +136,49 @@ def ns(**kw):
     return args
 
 
-@pytest.mark.parametrize("kw,flag", [
-    (dict(node_separated_decoder=True), "--node-separated-decoder"),
-    (dict(node_decoder=True, node_augment_dims=-1), "--node-augment-dims"),
-    (dict(node_ts="[1.0, 0.0]"), "--node-ts"),
-    (dict(node_ts="[0.0, 0.0]"), "--node-ts"),
-    (dict(node_ts="0"), "--node-ts"),
-    (dict(node_rtol=0.0), "--node-rtol"),
-    (dict(node_atol=-1e-3), "--node-atol"),
-    (dict(node_method="runge"), "--node-method"),
-    (dict(node_backprop="both"), "--node-backprop"),
-    (dict(node_max_nfe=-5), "--node-max-nfe"),
+@pytest.mark.parametrize("flags, message", [  # message: a regular expression
+    (["--node-separated-decoder"], "--node-separated-decoder requires --node-decoder"),
+    (["--node-decoder", "--node-augment-dims", "-1"], "--node-augment-dims must be >= 0, got -1"),
+    (["--node-ts", "[1.0, 0.0]"], re.escape("--node-ts must be strictly increasing, got '[1.0, 0.0]'")),
+    (["--node-ts", "[0.0, 0.0]"], re.escape("--node-ts must be strictly increasing, got '[0.0, 0.0]'")),
+    (["--node-ts", "0"], "--node-ts needs at least two times, got '0'"),
+    (["--node-rtol", "0.0"], "--node-rtol must be > 0, got 0.0"),
+    (["--node-atol=-1e-3"], "--node-atol must be > 0, got -0.001"),
+    (["--node-method", "runge"], "--node-method 'runge' is unknown; choose one of: .*"),
+    (["--node-backprop", "both"], "--node-backprop must be adjoint or direct, got 'both'"),
+    (["--node-max-nfe", "-5"], r"--node-max-nfe must be >= 0 \(0 = unbounded\), got -5"),
     # accepted before, though they did nothing or lost the gradients
-    (dict(node_encoder=True, node_method="dopri5", node_steps=4), "--node-steps"),
-    (dict(node_encoder=True, node_method="rk4", node_max_num_steps=10), "--node-max-num-steps"),
-    (dict(node_rtol=1e-3, node_method="rk4"), "--node-rtol, --node-method given without"),
-    (dict(node_encoder=True, node_reproduce_frozen_encoder=True), "--node-reproduce-frozen-encoder"),
-    (dict(node_decoder=True, node_method="scipy_solver", node_backprop="direct"), "scipy_solver"),
+    (["--node-encoder", "--node-method", "dopri5", "--node-steps", "4"],
+     "--node-steps applies to fixed-grid methods; --node-method dopri5 chooses its own steps"),
+    (["--node-encoder", "--node-method", "rk4", "--node-max-num-steps", "10"],
+     r"--node-max-num-steps applies to adaptive methods; --node-method rk4 takes a fixed number "
+     r"of steps \(--node-steps\)"),
+    (["--node-rtol", "1e-3", "--node-method", "rk4"],
+     "--node-rtol, --node-method given without --node-encoder or --node-decoder: no ODE block would use it"),
+    (["--node-encoder", "--node-reproduce-frozen-encoder"],
+     "--node-reproduce-frozen-encoder requires --node-decoder"),
+    (["--node-decoder", "--node-method", "scipy_solver", "--node-backprop", "direct"],
+     r"--node-method scipy_solver cannot backpropagate through its steps \(scipy is outside "
+     r"autograd\): use --node-backprop adjoint"),
+    # budgets that no solve can pass: every batch would be skipped
+    (["--node-encoder", "--node-method", "rk4", "--node-steps", "8", "--node-max-nfe", "16"],
+     r"--node-max-nfe 16 is below the 32 evaluations every solve with --node-method rk4, "
+     r"--node-steps 8 makes: no batch could pass it \(0 = unbounded\)"),
+    (["--node-decoder", "--node-max-nfe", "3"],
+     r"--node-max-nfe 3 is below the 8 evaluations every solve with --node-method dopri5 makes: .*"),
+    (["--node-encoder", "--node-decoding", "recompute"],
+     r"--node-decoding recompute requires --node-decoder \(it chooses how a NODE decoder generates\)"),
 ])
-def test_bad_flags_name_the_flag(kw, flag):
-    with pytest.raises(NodeArgumentError, match=flag):
-        check_node_args(ns(**kw))
+def test_bad_flags_name_the_flag(data_dir, tmp_path, flags, message):
+    """What a user sees: fairseq-train stops before training with one line naming the flag."""
+    proc = cli("fairseq-train", data_dir, "--user-dir", USER_DIR, "--task", "node_translation",
+               "--source-lang", "src", "--target-lang", "tgt", "--arch", "node_transformer", *TINY,
+               *flags, "--save-dir", str(tmp_path / "ckpt"),
+               "--max-epoch", "1", "--max-tokens", "100", check=False, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert lines and re.fullmatch("node_transformer: error: " + message, lines[-1]), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_bad_flag_stops_build_with_one_line(data_dir):
@@ -215,9 +238,9 @@ def test_valid_step_reports_forward_nfe_only(data_dir):
 
 
 def test_generation_budget_error_is_clear(data_dir):
-    task, model, _ = build(data_dir, "--node-encoder", "--node-max-nfe", "3")
+    task, model, _ = build(data_dir, "--node-encoder", "--node-max-nfe", "8")
     model.eval()
-    with torch.no_grad(), pytest.raises(MaxNFEExceeded, match="max_nfe 3"):
+    with torch.no_grad(), pytest.raises(MaxNFEExceeded, match="max_nfe 8"):
         model(**batch(task, PAIRS)["net_input"])
 
 

@@ -1,9 +1,12 @@
 """odeint_ext.SolverSettings: one checked value for a solve, and the flags that make it."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from odeint_ext import RK_ADAPTIVE_METHODS, SettingsError, SolverSettings, SolveStats, odeint_ext
+from odeint_ext import (MaxNFEExceeded, RK_ADAPTIVE_METHODS, SettingsError, SolverSettings, SolveStats,
+                        odeint_ext)
 
 
 @pytest.mark.parametrize("kw, field", [
@@ -83,3 +86,64 @@ def test_direct_backprop_differentiates_through_the_steps():
             stats=stats)[-1].sum().backward()
     assert stats.nfe_backward == 0
     torch.testing.assert_close(a.grad, 3 * torch.exp(a.detach()), rtol=1e-6, atol=0)
+
+
+class _Drift(torch.nn.Module):
+    """dy/dt = 1e-4 p: an adaptive solver's easiest problem (its first-step guess spans the
+    interval, and a step has no error), solved on a fixed grid like any other."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, t, y):
+        return 1e-4 * self.p * torch.ones_like(y)
+
+
+def _solve_and_backward(settings):
+    stats = SolveStats()
+    y = settings.solve(_Drift(), torch.ones(3), stats=stats)
+    (1e-3 * y[-1].sum()).backward()
+    return stats
+
+
+@pytest.mark.parametrize("kw, fewest", [
+    # adaptive: the evaluation at t0, the first-step guess, one step's stages
+    (dict(method="dopri5"), 1 + 1 + 6),
+    (dict(method="dopri8"), 1 + 1 + 13),
+    (dict(method="bosh3"), 1 + 1 + 3),
+    (dict(method="fehlberg2"), 1 + 1 + 2),
+    (dict(method="adaptive_heun"), 1 + 1 + 1),
+    # a first step of 0.01 (no guess) grows tenfold a step: 0.01 + 0.1 + 1 reach 1 in 3 steps
+    (dict(method="dopri5", first_step=0.01), 1 + 3 * 6),
+    (dict(method="dopri5", first_step=0.01, min_step=0.5), 1 + 2 * 6),
+    # the adjoint solves each interval of ts afresh: twice the forward's minimum
+    (dict(method="dopri5", ts=(0.0, 0.5, 1.0)), 2 * 8),
+    (dict(method="dopri5", ts=(0.0, 0.5, 1.0), backprop="direct"), 8),
+    # fixed grids: evaluations per step x steps
+    (dict(method="euler", steps=3), 3),
+    (dict(method="midpoint", steps=3), 6),
+    (dict(method="heun2", steps=2), 4),
+    (dict(method="heun3", steps=2), 6),
+    (dict(method="rk4", steps=8), 32),
+    (dict(method="rk4"), 4),  # the grid is ts: one step
+    # the adjoint's grid per interval: 0.3 / 0.25 -> 2 steps, 0.7 / 0.25 -> 3 (forward: 4)
+    (dict(method="rk4", ts=(0.0, 0.3, 1.0), steps=4), 4 * (2 + 3)),
+    # Adams: two rk4 steps, then 1 (explicit) or 2 (implicit, converged at once) a step
+    (dict(method="explicit_adams", steps=5), 8 + 3),
+    (dict(method="implicit_adams", steps=5), 8 + 6),
+    (dict(method="fixed_adams", steps=1), 4),
+])
+def test_fewest_evaluations_is_what_torchdiffeq_needs_at_least(kw, fewest):
+    """The floor below which a budget fails every solve: at the floor the easiest problem
+    solves (forward and adjoint backward), one below it it cannot."""
+    settings = SolverSettings(**kw)
+    assert settings.fewest_evaluations() == fewest
+    stats = _solve_and_backward(replace(settings, max_nfe=fewest))
+    assert max(stats.nfe_forward, stats.nfe_backward) == fewest
+    with pytest.raises(MaxNFEExceeded):
+        _solve_and_backward(replace(settings, max_nfe=fewest - 1))
+
+
+def test_fewest_evaluations_of_scipy_are_not_claimed():
+    assert SolverSettings(method="scipy_solver").fewest_evaluations() == 1

@@ -2,6 +2,7 @@
 fairseq-train (training and validation, --update-freq 2), two workers, padding, reduced
 precision, and fairseq-generate without --task."""
 
+import math
 import os
 import re
 import socket
@@ -33,7 +34,6 @@ def total(records, key):
 # forward evaluations, more in the adjoint backward. 18 fires in every forward (training and
 # validation); 26 lets forwards pass and fires in the backward of some batches.
 @pytest.mark.parametrize("policy, budget, epochs, fired", [
-    ("skip", "18", 1, "node_skipped"),
     ("skip", "26", 1, "node_skipped"),
     ("fixed-step", "18", 1, "node_fixed_step"),
     ("defer", "26", 2, "node_deferred"),
@@ -48,8 +48,7 @@ def test_budget_policies_through_fairseq_train(data_bin, tmp_path, policy, budge
     assert total(inner, fired) > 0, f"the budget never fired ({fired})"
     assert os.path.exists(tmp_path / "ckpt" / "checkpoint_last.pt")
     if budget == "18":  # every forward fires, validation included
-        key = "valid_node_fixed_step" if policy == "fixed-step" else "valid_node_skipped"
-        assert float(valid[0][key]) > 0
+        assert float(valid[0]["valid_node_fixed_step"]) > 0
     if policy == "fixed-step":  # every batch trained, by the fallback
         assert all(float(r["loss"]) < 20 for r in inner)
         assert float(valid[0]["valid_loss"]) < 20
@@ -70,6 +69,37 @@ def test_error_policy_stops_with_one_line(data_bin, tmp_path):
     assert not os.path.exists(tmp_path / "ckpt" / "crash.pt")
 
 
+def _checkpoints(save_dir):
+    return {p.name: p.read_bytes() for p in save_dir.glob("*.pt")} if save_dir.exists() else {}
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_an_epoch_that_trains_nothing_stops_fairseq_train(three_batches, tmp_path, resumed):
+    # A budget that passes no batch (above the least every solve needs, below what these
+    # need): no update, validation loss inf. fairseq-train used to write checkpoint_best.pt
+    # (score inf) and exit 0. It stops before that epoch's checkpoint; an earlier epoch's stay.
+    save = tmp_path / "ckpt"
+
+    def args(*flags, epochs):
+        return train_args(three_batches, str(save), *NODE, "--batch-size", "10", *flags, epochs=epochs)
+
+    if resumed:  # epoch 1 trains; epoch 2, resumed with the budget, cannot
+        cli("fairseq-train", *args(epochs=1), env=ENV)
+    before = _checkpoints(save)
+    assert bool(before) == resumed
+    proc = cli("fairseq-train", *args("--node-max-nfe", "8", "--node-on-budget", "skip",
+                                      epochs=2 if resumed else 1), env=ENV, check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"node_transformer: error: epoch {2 if resumed else 1} trained nothing: a solve "
+                        r"failed in every update \(--node-on-budget skip\); stopped before saving a "
+                        r"checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step",
+                        last), last
+    assert "Traceback" not in proc.stderr
+    assert _checkpoints(save) == before  # nothing written, nothing overwritten
+    assert not log_records(proc, "valid")
+
+
 def test_plain_fairseq_generate_translates_every_sentence(data_bin, tmp_path):
     # fairseq's own translation task (no --task), only --user-dir: nothing may be dropped.
     data, _ = data_bin
@@ -86,15 +116,26 @@ def test_plain_fairseq_generate_translates_every_sentence(data_bin, tmp_path):
 # -- two workers ----------------------------------------------------------------------------
 
 DUMP = """
-import sys, torch
+import os, sys, torch
+from dataclasses import replace
 from fairseq_cli.train import cli_main  # first: it sets up fairseq's log format
 from fairseq import trainer as T
+from node_transformer.ode_block import ode_blocks
+from node_transformer.task import NODETranslationTask
 seen = []
 init = T.Trainer.__init__
 def capture(self, *a, **k):
     init(self, *a, **k)
     seen.append(self)
 T.Trainer.__init__ = capture
+budget_epochs = int(os.environ.get("BUDGET_EPOCHS", "0"))  # the budget holds in these only
+begin_epoch = NODETranslationTask.begin_epoch
+def lift_budget(self, epoch, model):
+    if budget_epochs and epoch > budget_epochs:
+        for block in ode_blocks(model):
+            block.solver = replace(block.solver, max_nfe=None)
+    begin_epoch(self, epoch, model)
+NODETranslationTask.begin_epoch = lift_budget
 out = sys.argv.pop(1)
 try:
     cli_main()
@@ -110,9 +151,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def run_workers(tmp_path, argv_of_rank, world=2):
+def run_workers(tmp_path, argv_of_rank, world=2, budget_epochs=0):
     """fairseq-train with one CPU process per rank (gloo, legacy_ddp); returns the final
-    parameters of each rank and rank 0's output."""
+    parameters and the output of each rank. ``budget_epochs``: --node-max-nfe holds in the
+    first epochs only."""
     script = tmp_path / "dump.py"
     script.write_text(DUMP)
     port = _free_port()
@@ -123,19 +165,20 @@ def run_workers(tmp_path, argv_of_rank, world=2):
                 "--distributed-no-spawn", "--distributed-backend", "gloo",
                 "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--ddp-backend", "legacy_ddp"]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=dict(os.environ, **ENV), stdin=subprocess.DEVNULL))
+                                      env=dict(os.environ, **ENV, BUDGET_EPOCHS=str(budget_epochs)),
+                                      stdin=subprocess.DEVNULL))
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     params = [torch.load(tmp_path / f"params{r}.pt") for r in range(world)]
-    return params, subprocess.CompletedProcess([], 0, *outs[0])
+    return params, [subprocess.CompletedProcess([], 0, *out) for out in outs]
 
 
 def test_two_workers_match_one_worker_and_nfe_is_not_doubled(data_bin, tmp_path):
     # Two workers see the batches one worker with --update-freq 2 sees in each update.
     data, _ = data_bin
     flags = [*NODE, "--node-method", "bosh3"]
-    (p0, p1), two = run_workers(tmp_path, lambda rank: train_args(data, str(tmp_path / f"c{rank}"), *flags))
+    (p0, p1), (two, _) = run_workers(tmp_path, lambda rank: train_args(data, str(tmp_path / f"c{rank}"), *flags))
     one = cli("fairseq-train", *train_args(data, str(tmp_path / "one"), *flags, "--update-freq", "2"), env=ENV)
     for n in p0:
         assert torch.equal(p0[n], p1[n]), n
@@ -147,7 +190,7 @@ def test_two_workers_match_one_worker_and_nfe_is_not_doubled(data_bin, tmp_path)
 
 @pytest.mark.parametrize("policy, budget, counter", [
     ("fixed-step", "26", "node_fixed_step"),  # fires in backwards (and some forwards)
-    ("skip", "18", "node_skipped"),  # fires in every forward, validation included
+    ("skip", "26", "node_skipped"),  # fires in some backwards
 ])
 def test_budget_firing_on_one_worker_only_keeps_workers_identical(data_bin, tmp_path, policy,
                                                                   budget, counter):
@@ -158,10 +201,49 @@ def test_budget_firing_on_one_worker_only_keeps_workers_identical(data_bin, tmp_
         return train_args(data, str(tmp_path / f"c{rank}"), *NODE, *limit, "--update-freq", "2",
                           "--node-on-budget", policy, epochs=1)
 
-    (p0, p1), proc = run_workers(tmp_path, argv)
+    (p0, p1), procs = run_workers(tmp_path, argv)
     for n in p0:
         assert torch.equal(p0[n], p1[n]), n
-    assert total(log_records(proc, "train_inner"), counter) > 0
+    assert total(log_records(procs[0], "train_inner"), counter) > 0
+    # Equal parameters prove little (legacy_ddp all-reduces the gradients whatever each rank
+    # decided): each rank must have taken every decision, rank 0 for its partner's failures.
+    said = {"fixed-step": "solving the batch again with rk4", "skip": "skipped batch"}[policy]
+    logs = [p.stdout + p.stderr for p in procs]
+    decided = [len(re.findall(said, log)) for log in logs]
+    assert decided[0] == decided[1] > 0
+    assert len(re.findall(said + r".*: a solve failed on 1 other worker\(s\)", logs[0])) == decided[0]
+
+
+@pytest.fixture(scope="module")
+def three_batches(tmp_path_factory):
+    """30 training sentences in 3 batches (--batch-size 10): of two workers, one gets two
+    batches, the other one and fairseq's filler batch (trained with ignore_grad)."""
+    root = tmp_path_factory.mktemp("three-batches")
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_toy_data.py"), str(root / "raw"),
+                    "--train", "30", "--valid", "10", "--test", "5", "--max-len", "6"],
+                   check=True, capture_output=True)
+    cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
+        "--trainpref", str(root / "raw" / "train"), "--validpref", str(root / "raw" / "valid"),
+        "--destdir", str(root / "bin"), "--workers", "1", env=ENV)
+    return str(root / "bin")
+
+
+def test_defer_with_two_workers_and_a_filler_batch(three_batches, tmp_path):
+    # Every forward of epoch 1 is over budget: all its batches are deferred, and trained in
+    # epoch 2 (no budget), where the worker with the filler batch must still take part in
+    # the decision whether to replay (before: gloo aborted on a size mismatch).
+    def argv(rank):
+        return train_args(three_batches, str(tmp_path / f"c{rank}"), *NODE, "--batch-size", "10",
+                          "--node-max-nfe", "18", "--node-on-budget", "defer", epochs=2)
+
+    (p0, p1), procs = run_workers(tmp_path, argv, budget_epochs=1)
+    for n in p0:
+        assert torch.equal(p0[n], p1[n]), n
+    epochs, valid = log_records(procs[0], "train"), log_records(procs[0], "valid")
+    assert float(valid[0]["valid_node_skipped"]) > 0 and float(valid[0]["valid_loss"]) == math.inf
+    assert [float(e.get("train_node_deferred", 0)) for e in epochs] == [3, 0]
+    assert [float(e.get("train_node_replayed", 0)) for e in epochs] == [0, 3]
+    assert math.isfinite(float(epochs[1]["train_loss"]))
 
 
 # -- padding --------------------------------------------------------------------------------
