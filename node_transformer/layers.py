@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .config import NodeConfig
 from .dynamics import SolveDropout
-from .incremental import StageCache, staged
+from .incremental import StageCache, position_free, staged
 from .ode_block import ODEBlock
 
 
@@ -79,7 +79,7 @@ class NODEDecoderLayer(_NODELayer):
 
     With fairseq's ``incremental_state`` (generation), ``x`` is the newest target position
     only: the separated layer keeps the classic key/value cache of its self-attention and
-    solves the new position alone; the full layer needs a fixed-grid solve (``cacheable``)
+    solves the new position alone (approximately with an adaptive method); the full layer needs a fixed-grid solve (``cacheable``)
     and attends, at each evaluation, to the earlier positions' keys/values of that same
     evaluation (incremental.StageCache). Both project the encoder output to keys/values once
     per generated batch, not once per evaluation.
@@ -101,9 +101,17 @@ class NODEDecoderLayer(_NODELayer):
             self.self_attn_norm = LayerNorm(dim)
 
     def cacheable(self) -> bool:
-        """Whether generation can solve the newest position alone, exactly as the full
-        recomputation would (the separated layer: with any method; see the class docstring)."""
-        return self.self_attn is not None or staged(self.block.fallback or self.block.solver)
+        """Whether generation can solve the newest position alone: the separated layer with
+        any method (approximately with an adaptive one, see ``cache_exact``), the full layer on
+        a fixed Runge-Kutta grid."""
+        return self.self_attn is not None or self.cache_exact()
+
+    def cache_exact(self) -> bool:
+        """Whether solving the newest position alone gives what recomputing the prefix gives:
+        not with an adaptive method, whose steps the error of every position solved together
+        chooses (incremental.py)."""
+        s = self.block.fallback or self.block.solver
+        return position_free(s) if self.self_attn is not None else staged(s)
 
     def forward(
         self,
