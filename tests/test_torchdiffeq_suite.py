@@ -56,8 +56,9 @@ def calls():
     return {}
 
 
-def _load(name, calls, monkeypatch):
-    """torchdiffeq's test module ``name`` with odeint_ext in the place of torchdiffeq."""
+def _load(name, calls, monkeypatch, substitute=True):
+    """torchdiffeq's test module ``name``, with odeint_ext in the place of torchdiffeq (or,
+    ``substitute=False``, as it is: the reference)."""
     directory = _tests_dir()
     monkeypatch.syspath_prepend(directory)  # the files import their ``problems``
     monkeypatch.delitem(sys.modules, "problems", raising=False)
@@ -77,20 +78,34 @@ def _load(name, calls, monkeypatch):
                                                   os.path.join(directory, name + ".py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.torchdiffeq = shim  # looked up at call time by every test
+    if substitute:
+        module.torchdiffeq = shim  # looked up at call time by every test
     return module
 
 
-def _run(module, names=None):
+def _failures(module, names=None):
+    """{test id without the module (subtests included): last line of its error}."""
     loader = unittest.TestLoader()
     suite = (loader.loadTestsFromNames(names, module) if names
              else loader.loadTestsFromModule(module))
     result = unittest.TestResult()
     suite.run(result)
-    problems = [f"{test}: {trace.strip().splitlines()[-1]}" for test, trace in result.failures + result.errors]
-    assert not problems, f"{len(problems)} of torchdiffeq's checks failed:\n" + "\n".join(problems)
     assert result.testsRun > 0
-    return result
+    return {test.id().split(".", 1)[1]: trace.strip().splitlines()[-1]
+            for test, trace in result.failures + result.errors}
+
+
+def _run(name, calls, monkeypatch, names=None):
+    """Every check of the file that passes with torchdiffeq must pass with odeint_ext: a
+    failure is re-run with torchdiffeq itself, and excused only where that fails the same."""
+    failed = _failures(_load(name, calls, monkeypatch), names)
+    assert calls, "no call reached odeint_ext"
+    if failed:
+        methods = sorted({test.split(" ")[0] for test in failed})
+        own = _failures(_load(name, {}, monkeypatch, substitute=False), methods)
+        failed = {test: error for test, error in failed.items() if own.get(test) != error}
+    assert not failed, f"{len(failed)} of torchdiffeq's checks failed with odeint_ext only:\n" + \
+        "\n".join(f"{test}: {error}" for test, error in failed.items())
 
 
 QUICK = {
@@ -101,12 +116,12 @@ QUICK = {
 
 @pytest.mark.parametrize("name", sorted(QUICK))
 def test_torchdiffeq_quick_cases_pass_with_odeint_ext(name, calls, monkeypatch):
-    _run(_load(name, calls, monkeypatch), QUICK[name])
-    assert calls, "no call reached odeint_ext"
+    _run(name, calls, monkeypatch, QUICK[name])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [f for f in FILES if f != "problems"])
 def test_torchdiffeq_test_files_pass_with_odeint_ext(name, calls, monkeypatch):
-    _run(_load(name, calls, monkeypatch))
-    assert calls, "no call reached odeint_ext"
+    """(odeint_tests' TestMinMaxStep fails with torchdiffeq itself here: scipy's LSODA makes
+    191 evaluations where the test expects fewer than 50.)"""
+    _run(name, calls, monkeypatch)
