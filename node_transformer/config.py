@@ -131,10 +131,12 @@ class NodeConfig(FairseqDataclass):
         None, "fixed-grid methods: number of steps over the interval (default: the --node-ts grid)",
         solver="steps")
     node_decoding: str = _node(
-        "auto", "generation: auto (default: solve only the newest position where that is exact: "
-                "fixed-grid Runge-Kutta methods, the separated decoder) or recompute (solve the "
-                "whole prefix at every step); with fairseq-generate, "
-                "--model-overrides \"{'node_decoding': 'recompute'}\"",
+        "auto", "generation: auto (default: solve only the newest position where the layers "
+                "allow it: fixed-grid Runge-Kutta methods, exactly; the separated decoder with "
+                "any method, approximately with an adaptive one, as its log line says), exact "
+                "(the newest position alone only where that equals recomputation) or recompute "
+                "(solve the whole prefix at every step); with fairseq-generate, "
+                "--model-overrides \"{'node_decoding': 'exact'}\"",
         check=_one_of(DECODING_MODES))
     node_on_budget: str = _node(
         "skip", "a training batch whose solve exceeds --node-max-nfe: error (stop), skip "

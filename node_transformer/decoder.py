@@ -5,7 +5,7 @@ import logging
 from fairseq.models.transformer import TransformerDecoderBase
 
 from .config import NodeConfig
-from .incremental import GenerationNFE, decoding_mode
+from .incremental import APPROXIMATE_NOTE, GenerationNFE, decoding_mode
 from .layers import NODEDecoderLayer, SideBuild
 
 logger = logging.getLogger(__name__)
@@ -16,11 +16,13 @@ class NODETransformerDecoder(TransformerDecoderBase):
     ``--decoder-layers`` layers (1 by default with --node-decoder) is an ODE block.
 
     Generation (fairseq's ``incremental_state``) solves only the newest target position when
-    every layer allows it exactly (NODEDecoderLayer.cacheable: the separated decoder, or a
-    fixed-grid Runge-Kutta solver); otherwise, e.g. a full NODE decoder with an adaptive
-    solver, whose steps depend on the whole prefix, each step recomputes the prefix.
-    ``node_decoding='recompute'`` (a generation-time setting, e.g. through fairseq's
-    ``--model-overrides``) always recomputes: the reference the cache is tested against.
+    every layer allows it (NODEDecoderLayer.cacheable: the separated decoder, or a fixed-grid
+    Runge-Kutta solver); otherwise, e.g. a full NODE decoder with an adaptive solver, whose
+    steps depend on the whole prefix, each step recomputes the prefix. The cache equals the
+    recomputation except for the separated decoder with an adaptive solver (each position
+    then gets its own steps): ``node_decoding`` (a generation-time setting, e.g. through
+    fairseq's ``--model-overrides``) 'auto' caches it and says so in its log line, 'exact'
+    recomputes it, 'recompute' always recomputes: the reference the cache is tested against.
     """
 
     def __init__(self, cfg, node: NodeConfig, dictionary, embed_tokens, *args, **kwargs):
@@ -44,7 +46,15 @@ class NODETransformerDecoder(TransformerDecoderBase):
 
     def cached_decoding(self) -> bool:
         """Whether generation steps solve the newest position only (see class docstring)."""
-        return self.decoding == "auto" and all(layer.cacheable() for layer in self.layers)
+        if self.decoding == "recompute":
+            return False
+        if self.decoding == "exact":
+            return self.cache_exact()
+        return all(layer.cacheable() for layer in self.layers)
+
+    def cache_exact(self) -> bool:
+        """Whether the cached steps equal recomputing the prefix (to rounding)."""
+        return all(layer.cache_exact() for layer in self.layers)
 
     def extract_features(self, prev_output_tokens, encoder_out, incremental_state=None,
                          full_context_alignment=False, alignment_layer=None, alignment_heads=None):
@@ -57,9 +67,13 @@ class NODETransformerDecoder(TransformerDecoderBase):
         if self._announced != cached:  # once, and again if the setting changes
             self._announced = cached
             solver = self.layers[0].block.describe()
-            logger.info("NODE decoder (%s): each generation step %s", solver,
-                        "solves the newest position only (cached)" if cached
-                        else "recomputes the whole prefix")
+            if not cached:
+                how = "recomputes the whole prefix"
+            elif self.cache_exact():
+                how = "solves the newest position only (cached)"
+            else:
+                how = f"solves the newest position only (cached, {APPROXIMATE_NOTE})"
+            logger.info("NODE decoder (%s): each generation step %s", solver, how)
         if cached:
             x, extra = self.extract_features_scriptable(
                 prev_output_tokens, encoder_out, incremental_state, full_context_alignment,

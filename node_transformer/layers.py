@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .config import NodeConfig
 from .dynamics import SolveDropout
-from .incremental import StageCache
+from .incremental import StageCache, position_free
 from .ode_block import ODEBlock
 from .rk_blocks import GatedRK2Block, PredictorCorrectorBlock, RK2Gate
 
@@ -130,7 +130,7 @@ class NODEDecoderLayer(_NODELayer):
 
     With fairseq's ``incremental_state`` (generation), ``x`` is the newest target position
     only: the separated layer keeps the classic key/value cache of its self-attention and
-    solves the new position alone; the full layer needs a fixed-grid solve (``cacheable``)
+    solves the new position alone (approximately with an adaptive method); the full layer needs a fixed-grid solve (``cacheable``)
     and attends, at each evaluation, to the earlier positions' keys/values of that same
     evaluation (incremental.StageCache). Both project the encoder output to keys/values once
     per generated batch, not once per evaluation.
@@ -152,9 +152,18 @@ class NODEDecoderLayer(_NODELayer):
             self.self_attn_norm = LayerNorm(dim)
 
     def cacheable(self) -> bool:
-        """Whether generation can solve the newest position alone, exactly as the full
-        recomputation would (the separated layer: with any method; see the class docstring)."""
-        return self.self_attn is not None or self.block.staged()
+        """Whether generation can solve the newest position alone: the separated layer with
+        any method (approximately with an adaptive one, see ``cache_exact``), the full layer on
+        a fixed Runge-Kutta grid."""
+        return self.self_attn is not None or self.cache_exact()
+
+    def cache_exact(self) -> bool:
+        """Whether solving the newest position alone gives what recomputing the prefix gives:
+        not with an adaptive method, whose steps the error of every position solved together
+        chooses (incremental.py)."""
+        if self.self_attn is None or not hasattr(self.block, "solver"):
+            return self.block.staged()  # a learned RK block: always (rk_blocks.py)
+        return position_free(self.block.fallback or self.block.solver)
 
     def forward(
         self,

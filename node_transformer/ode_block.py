@@ -69,7 +69,8 @@ class _SolverView(nn.Module):
 class _RealPositionsNorm:
     """The solver's error norm (RMS, as torchdiffeq's default) over real positions only:
     pad columns must not change a sentence's steps. A tuple state (RNODE's extra channels)
-    takes the largest of its parts' norms, as torchdiffeq does for tuples."""
+    takes the largest of its parts' norms, as torchdiffeq does for tuples; those channels
+    are means over the real positions already (regularisers._per_position)."""
 
     def __init__(self, keep: Tensor):
         self.keep = keep  # T x B x 1, 1 at real positions

@@ -5,14 +5,15 @@ RNODE adds to the loss the kinetic energy  K = int ||f(t, h)||^2 dt  and the Jac
 Frobenius norm  J = int ||df/dh||_F^2 dt  (estimated with one Gaussian probe e per solve:
 ||e^T df/dh||^2, Hutchinson's trick). Both integrals are solved with h as two extra scalar
 channels of the state, so they cost no extra evaluation of f; the Jacobian term costs one
-vector-Jacobian product per evaluation. Each is averaged over the state's positions
-(Time x Batch), padding included.
+vector-Jacobian product per evaluation. Each is averaged over the real positions of the state
+(Time x Batch, pads left out): a sentence's penalty, and through the penalty channels in the
+solver's error norm its steps, must not depend on how much padding its batch has.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import contextlib
 
@@ -37,8 +38,14 @@ class Regularisation:
         return self.kinetic > 0 or self.jacobian > 0
 
 
-def _per_position(x: Tensor) -> Tensor:
-    return x.pow(2).sum(-1).mean().reshape(1)
+def _per_position(x: Tensor, keep: Optional[Tensor]) -> Tensor:
+    """Mean of ||x||^2 over the real positions (``keep``: T x B x 1, 1 at real positions;
+    None: every position is real)."""
+    squares = x.pow(2).sum(-1)
+    if keep is None:
+        return squares.mean().reshape(1)
+    keep = keep[..., 0]
+    return ((squares * keep).sum() / keep.sum()).reshape(1)
 
 
 class PenalisedDynamics(nn.Module):
@@ -55,9 +62,10 @@ class PenalisedDynamics(nn.Module):
 
     def forward(self, t: Tensor, state, *, probe: Tensor = None, **inputs):
         h = state[0]
+        keep = inputs.get("keep")  # the block's mask of real positions, when it has pads
         if not self.jacobian:
             f = self.dynamics(t, h, **inputs)
-            return f, _per_position(f), torch.zeros_like(state[2])
+            return f, _per_position(f, keep), torch.zeros_like(state[2])
         # The vector-Jacobian product needs a graph even in the adjoint's forward solve
         # (run without grad); a graph of the product itself only when something will
         # differentiate it (direct backprop, or the adjoint's backward).
@@ -74,4 +82,4 @@ class PenalisedDynamics(nn.Module):
             ejac = torch.autograd.grad(f, h, probe, create_graph=outer)[0]
         if not outer:
             f, ejac = f.detach(), ejac.detach()
-        return f, _per_position(f), _per_position(ejac)
+        return f, _per_position(f, keep), _per_position(ejac, keep)

@@ -123,6 +123,27 @@ class _BoundDynamics(nn.Module):
             return self.func(t, y, **self.inputs)
 
 
+# What torchdiffeq's adjoint node (the solution's ``grad_fn``) carries for its backward; the
+# node of odeint_adjoint_ext's solution shows the same attributes, and a change made to them
+# there (torchdiffeq's own tests swap ``adjoint_options["norm"]``) reaches the backward solve.
+ADJOINT_NODE_ATTRIBUTES = ("shapes", "func", "adjoint_rtol", "adjoint_atol", "adjoint_method",
+                           "adjoint_options", "t_requires_grad", "event_mode")
+
+
+def _torchdiffeq_adjoint_node(outs):
+    """torchdiffeq's adjoint node under ``outs`` (through the views a tuple state makes)."""
+    stack, seen = [o.grad_fn for o in outs if o.grad_fn is not None], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if all(hasattr(node, name) for name in ADJOINT_NODE_ATTRIBUTES):
+            return node
+        stack.extend(n for n, _ in node.next_functions)
+    return None
+
+
 class _NestedAdjoint(torch.autograd.Function):
     """torchdiffeq's adjoint solve run as a graph of its own, over detached aliases of the inputs.
 
@@ -144,6 +165,10 @@ class _NestedAdjoint(torch.autograd.Function):
             outs = run(leaves)
         dyn.phase = "backward"  # every later evaluation comes from the adjoint backward
         ctx.dyn, ctx.leaves = dyn, leaves
+        ctx.inner = _torchdiffeq_adjoint_node(outs)
+        if ctx.inner is not None:  # the solution's grad_fn shows torchdiffeq's attributes
+            for name in ADJOINT_NODE_ATTRIBUTES:
+                setattr(ctx, name, getattr(ctx.inner, name))
         # Saved, not kept as attributes: released with the rest of the graph after a backward
         # without retain_graph, and a second one then fails as any freed graph does.
         ctx.save_for_backward(*outs)
@@ -153,6 +178,9 @@ class _NestedAdjoint(torch.autograd.Function):
     def backward(ctx, *grads):
         outs = ctx.saved_tensors
         ctx.dyn.pass_nfe = 0
+        if ctx.inner is not None:  # what was changed on this node, torchdiffeq's backward uses
+            for name in ADJOINT_NODE_ATTRIBUTES:
+                setattr(ctx.inner, name, getattr(ctx, name))
         pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad and g is not None]
         wanted = [i for i, leaf in enumerate(ctx.leaves)
                   if leaf.requires_grad and ctx.needs_input_grad[3 + i]]
@@ -232,6 +260,17 @@ def _history_reaches(x: Tensor, targets: Sequence[Tensor]) -> bool:
             return True
         stack.extend(n for n, _ in node.next_functions)
     return False
+
+
+def _split(flat: Tensor, shapes) -> Tuple[Tensor, ...]:
+    """A tuple state's solution from its flat form (..., sum of the parts' sizes), as views of
+    a slice each, the graph torchdiffeq's own tuple solutions have: its tests reach the adjoint
+    node through it."""
+    lead, parts, start = flat.shape[:-1], [], 0
+    for shape in shapes:
+        parts.append(flat[..., start:start + shape.numel()].view((*lead, *shape)))
+        start += shape.numel()
+    return tuple(parts)
 
 
 def _as_time(t, y0: State) -> Tensor:
@@ -386,15 +425,17 @@ def odeint_adjoint_ext(
             adjoint_params=tuple(leaves[n_y0 + 1 + n_in:]) + tuple(input_aliases),
         )
         event_t, solution = out if event_fn is not None else (None, out)
-        parts = list(solution) if is_tuple else [solution]
-        return tuple(([event_t] if event_t is not None else []) + parts)
+        if is_tuple:  # one flat output, split below as torchdiffeq splits its own
+            lead = solution[0].shape[:solution[0].dim() - y0_parts[0].dim()]
+            solution = torch.cat([p.reshape(*lead, -1) for p in solution], dim=-1)
+        return tuple(([event_t] if event_t is not None else []) + [solution])
 
     flat = _solve(_NestedAdjoint.apply, dyn, run, len(aliased), *aliased, *kept)
     if event_fn is not None:
         event_t, parts = flat[0], flat[1:]
     else:
         event_t, parts = None, flat
-    solution = tuple(parts) if is_tuple else parts[0]
+    solution = _split(parts[0], [p.shape for p in y0_parts]) if is_tuple else parts[0]
     return solution if event_t is None else (event_t, solution)
 
 

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: generate the toy task, train a small
-# NODE-Transformer (NODE encoder + NODE decoder, dopri5, adjoint) with fairseq-train,
-# then translate its test set with fairseq-generate (beam search), export the model to
-# OUTDIR/model (scripts/export_model.py) and translate with it from Python. No download.
+# NODE-Transformer (NODE encoder + NODE decoder, pre-norm dynamics, rk4 on a fixed grid of
+# 2 steps, adjoint) with fairseq-train, then translate its test set with fairseq-generate
+# (beam search), export the model to OUTDIR/model (scripts/export_model.py) and translate
+# with it from Python. No download.
 #   bash scripts/demo.sh [OUTDIR]      (default runs/demo; EPOCHS=N to change the length)
+# Why a fixed grid: with dopri5 the steps follow each machine's float rounding, and 14 epochs
+# stopped mid-way down the loss: test BLEU 21.71, 11.68 and 15.15 on three machines. These
+# settings learn the task in 30 epochs, in less time (BLEU 89.6-91.9 with 1 or 2 threads and
+# seeds 1 and 2; 77-103 s here against 160 s for 14 epochs of dopri5, cores shared).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/demo}
-EPOCHS=${EPOCHS:-14}
+EPOCHS=${EPOCHS:-30}
 BIN=.venv/bin
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny tensors: one thread is faster on 2 cores
 
@@ -18,10 +23,10 @@ if [ ! -f "$OUT/data-bin/dict.src.txt" ]; then
     --destdir "$OUT/data-bin" > "$OUT/preprocess.log" 2>&1
 fi
 
-echo "== fairseq-train: NODE encoder + NODE decoder, $EPOCHS epochs (NFE columns: nfe_*)"
+echo "== fairseq-train: NODE encoder + NODE decoder (rk4, 2 steps), $EPOCHS epochs (NFE columns: nfe_*)"
 TRAIN=($BIN/fairseq-train "$OUT/data-bin" --user-dir node_transformer \
   --task node_translation --arch node_transformer --node-encoder --node-decoder \
-  --node-method dopri5 --node-rtol 0.01 --node-atol 0.01 --node-max-nfe 500 \
+  --node-dynamics prenorm --node-output-init xavier --node-method rk4 --node-steps 2 \
   --encoder-embed-dim 32 --decoder-embed-dim 32 --encoder-ffn-embed-dim 64 \
   --decoder-ffn-embed-dim 64 --encoder-attention-heads 4 --decoder-attention-heads 4 \
   --share-all-embeddings --dropout 0.0 --activation-fn gelu \

@@ -8,6 +8,7 @@ fairseq-generate is in test_decoding_cli.py.
 """
 
 import argparse
+import logging
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from fairseq import utils as fairseq_utils
 
 from fairseq_helpers import batch, build, write_dicts
-from node_transformer.incremental import StageCache, decoding_mode
+from node_transformer.incremental import APPROXIMATE_NOTE, StageCache, decoding_mode
 
 PAIRS = [("w1 w2 w3 w4", "w5 w6 w7 w8 w9"), ("w3 w2", "w8 w9 w10 w11 w4"), ("w7", "w1 w2 w3 w4 w5")]
 PRENORM = ["--node-dynamics", "prenorm", "--node-output-init", "xavier"]
@@ -145,8 +146,66 @@ def test_recompute_setting_and_adaptive_solvers_recompute_the_prefix(data_dir):
 def test_bad_decoding_setting_is_named():
     assert decoding_mode(argparse.Namespace()) == "auto"
     assert decoding_mode(argparse.Namespace(node_decoding="recompute")) == "recompute"
-    with pytest.raises(ValueError, match="node_decoding must be one of auto, recompute, got 'cache'"):
+    assert decoding_mode(argparse.Namespace(node_decoding="exact")) == "exact"
+    with pytest.raises(ValueError, match="node_decoding must be one of auto, exact, recompute, got 'cache'"):
         decoding_mode(argparse.Namespace(node_decoding="cache"))
+
+
+# Config 07's decoder: separated, dopri5 at tolerance 1e-2.
+SEPARATED_DOPRI5 = ["--node-decoder", "--node-separated-decoder", "--node-max-nfe", "0"]
+SEPARATED_FIXED = {  # fixed-grid methods without an error norm: the separated cache is exact
+    "separated-euler": ["--node-decoder", "--node-separated-decoder", "--node-method", "euler",
+                        "--node-steps", "3"],
+    "separated-explicit-adams": ["--node-decoder", "--node-separated-decoder", "--node-method",
+                                 "explicit_adams", "--node-steps", "3"],
+}
+
+
+def decode_both(model, task, modes):
+    """Step-by-step decoder outputs at the real positions, one tensor per decoding mode."""
+    sample = batch(task, PAIRS)
+    src, prev = sample["net_input"], sample["net_input"]["prev_output_tokens"]
+    real = prev.ne(task.target_dictionary.pad())
+    outs, cached = [], []
+    for mode in modes:
+        model.decoder.decoding = mode
+        cached.append(model.decoder.cached_decoding())
+        with torch.no_grad():
+            outs.append(step_by_step(model, src, prev)[0][real])
+    return outs, cached
+
+
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(SEPARATED_FIXED) + ["separated-dopri5"])
+def test_exact_decoding_equals_recomputation(data_dir, case, float64_softmax):
+    """node_decoding 'exact' caches wherever that is exact, and only there: every step equals
+    re-solving the prefix (float64, 1e-9). The separated decoder with an adaptive solver is
+    not exact (see the next test): it recomputes."""
+    if case in CASES:
+        flags, cacheable = CASES[case]
+    else:
+        flags, cacheable = SEPARATED_FIXED.get(case, SEPARATED_DOPRI5), case != "separated-dopri5"
+    task, model, _ = model_for(data_dir, flags)
+    (exact, recomputed), (cached, _) = decode_both(model, task, ["exact", "recompute"])
+    assert cached == cacheable and model.decoder.cache_exact() == cacheable
+    torch.testing.assert_close(exact, recomputed, rtol=0, atol=1e-9)
+
+
+def test_auto_caches_the_separated_adaptive_decoder_approximately_and_says_so(
+        data_dir, float64_softmax, caplog):
+    """auto keeps config 07's fast cached path, whose positions each get their own adaptive
+    steps: it differs from recomputation by about the solver's tolerance, and its log line
+    says it is approximate, quoting the measurement."""
+    task, model, _ = model_for(data_dir, SEPARATED_DOPRI5)
+    with caplog.at_level(logging.INFO, logger="node_transformer.decoder"):
+        (auto, recomputed), cached = decode_both(model, task, ["auto", "recompute"])
+    assert cached == [True, False] and not model.decoder.cache_exact()
+    gap = float((auto - recomputed).abs().max())
+    assert 1e-6 < gap < 0.1, gap
+    lines = [r.getMessage() for r in caplog.records if r.name == "node_transformer.decoder"]
+    assert lines[0] == ("NODE decoder (dopri5): each generation step solves the newest position "
+                        "only (cached, " + APPROXIMATE_NOTE + ")")
+    assert "measured on config 07 test2016: 99.1% identical hypotheses, same BLEU" in lines[0]
+    assert lines[1] == "NODE decoder (dopri5): each generation step recomputes the whole prefix"
 
 
 def test_stage_cache_refuses_a_changed_number_of_evaluations():

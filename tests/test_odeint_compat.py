@@ -405,3 +405,41 @@ def test_time_gradient_like_torchdiffeq():
     g_r = torch.autograd.grad(_loss(torchdiffeq.odeint_adjoint(func, y0, t, **kw)), [y0, t])
     g_e = torch.autograd.grad(_loss(odeint_adjoint_ext(func, y0, t, **kw)), [y0, t])
     assert close(g_e, g_r) and g_e[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(), (2, 2)])
+@pytest.mark.parametrize("adjoint_options", [None, {}, {"norm": "seminorm"}], ids=["none", "empty", "seminorm"])
+def test_solution_node_shows_the_adjoint_settings_like_torchdiffeq(shape, adjoint_options):
+    """torchdiffeq's adjoint solution carries its backward's settings on ``grad_fn`` (its own
+    norm tests swap ``grad_fn.adjoint_options["norm"]`` for a spy): odeint_adjoint_ext's
+    solution shows the same values, and a norm swapped there is the one its backward calls,
+    with the same augmented state (t, y, adj_y, adj_params...)."""
+    scale = torch.tensor([0.3, 0.5], dtype=F64, requires_grad=True)
+
+    def f(t, y):
+        return y * scale.sum()
+
+    runs = []
+    for solve in (torchdiffeq.odeint_adjoint, odeint_adjoint_ext):
+        y0 = torch.ones(shape, dtype=F64, requires_grad=True)
+        kwargs = {} if adjoint_options is None else {"adjoint_options": dict(adjoint_options)}
+        ys = solve(f, y0, torch.tensor([0.0, 1.0], dtype=F64), method="dopri5", adjoint_params=(scale,),
+                   adjoint_rtol=1e-6, adjoint_atol=1e-8, **kwargs)
+        node = ys.grad_fn
+        settings = (node.adjoint_rtol, node.adjoint_atol, node.adjoint_method,
+                    sorted(node.adjoint_options), node.t_requires_grad, node.event_mode)
+        real_norm, calls = node.adjoint_options["norm"], []
+
+        def spy(state):
+            calls.append(tuple(tuple(s.shape) for s in state))
+            return real_norm(state)
+
+        node.adjoint_options["norm"] = spy
+        scale.grad = None
+        ys.sum().backward()
+        runs.append((settings, calls, y0.grad, scale.grad))
+    (s_ref, calls_ref, gy_ref, gs_ref), (s_ext, calls_ext, gy_ext, gs_ext) = runs
+    assert s_ext == s_ref and s_ref[:3] == (1e-6, 1e-8, "dopri5")
+    assert calls_ext and calls_ext == calls_ref
+    assert calls_ref[0] == ((), shape, shape, (2,))
+    assert close(gy_ext, gy_ref) and close(gs_ext, gs_ref)

@@ -10,7 +10,7 @@ from fairseq.optim.sgd import SGD
 from torch import nn
 
 from fairseq_helpers import batch, build, set_solver, write_dicts
-from node_transformer.ode_block import ODEBlock
+from node_transformer.ode_block import ODEBlock, total_penalties
 from odeint_ext import SolverSettings
 from node_transformer.config import NodeArgumentError, NodeConfig
 from node_transformer.regularisers import Regularisation
@@ -173,3 +173,55 @@ def ns(**kw):
 def test_bad_new_flags_name_the_flag(kw, flag):
     with pytest.raises(NodeArgumentError, match=flag):
         check_node_args(ns(**kw))
+
+
+# -- padding in training ------------------------------------------------------------------------
+
+PENALTIES = {
+    "kinetic": ["--node-kinetic-energy", "1"],
+    "jacobian": ["--node-jacobian-norm", "1"],
+    "steer": ["--node-steer-b", "0.25"],
+}
+
+
+@pytest.mark.parametrize("penalty", sorted(PENALTIES))
+def test_padding_changes_no_penalty_step_or_output_in_training(data_dir, penalty, monkeypatch):
+    """A sentence alone and the same sentence padded (6 source pads on the left, 5 target pads
+    on the right): in training the penalties, the solver's steps (forward and adjoint), the
+    outputs and the gradients must not depend on the pads."""
+    task, model, _ = build(data_dir, "--node-encoder", "--node-decoder", "--dropout", "0.0",
+                           "--node-rtol", "1e-3", "--node-atol", "1e-3", *PENALTIES[penalty])
+    model.train()
+    # The Hutchinson probe is drawn per shape: one fixed vector at every position makes the
+    # two runs comparable (not a constant one: the study's dynamics end in a LayerNorm, whose
+    # Jacobian maps it to 0).
+    monkeypatch.setattr(torch, "randn_like", lambda x: torch.arange(
+        x.shape[-1], dtype=x.dtype, device=x.device).sin().expand_as(x).clone())
+    pad = task.source_dictionary.pad()
+    alone = batch(task, [("w1 w2 w3 w4", "w5 w6 w7")])["net_input"]
+    src, prev = alone["src_tokens"], alone["prev_output_tokens"]
+    padded = dict(src_tokens=torch.cat([src.new_full((1, 6), pad), src], dim=1),
+                  src_lengths=alone["src_lengths"],
+                  prev_output_tokens=torch.cat([prev, prev.new_full((1, 5), pad)], dim=1))
+    blocks = [b for b in model.modules() if isinstance(b, ODEBlock)]
+    runs = []
+    for net_input in (alone, padded):
+        model.zero_grad()
+        torch.manual_seed(3)  # the same STEER end times
+        out, _ = model(**net_input)
+        out = out[:, :prev.shape[1]]
+        penalties = total_penalties(model)
+        (out.logsumexp(-1).sum() + sum(penalties.values(), out.new_zeros(()))).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        nfe = [(b.solves[-1].nfe_forward, b.solves[-1].nfe_backward) for b in blocks]
+        runs.append((out.detach(), penalties, nfe, grads))
+    (out_a, pen_a, nfe_a, grad_a), (out_p, pen_p, nfe_p, grad_p) = runs
+    if penalty != "steer":
+        assert pen_a.keys() == {"kinetic", "jacobian"} and float(pen_a[penalty]) > 1e-3
+    for name in pen_a:
+        torch.testing.assert_close(pen_p[name], pen_a[name], rtol=1e-9, atol=0)
+    assert nfe_p == nfe_a
+    torch.testing.assert_close(out_p, out_a, rtol=0, atol=1e-9)
+    assert grad_a.keys() == grad_p.keys()
+    for name in grad_a:
+        torch.testing.assert_close(grad_p[name], grad_a[name], rtol=1e-7, atol=1e-9, msg=name)

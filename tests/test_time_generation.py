@@ -70,3 +70,23 @@ def test_modes_of_each_kind_of_decoder():
     assert modes == {"classic-1layer": ["classic"], "project-best": ["cached", "recompute"],
                      "study-best-07": ["cached", "recompute", "fixed:rk4:2"],
                      "separated-rk4x2": ["cached", "recompute"]}
+
+
+def test_first_timed_round_comes_after_an_untimed_warm_up(monkeypatch, tmp_path):
+    """--repeats 1 must not time a cold start: every run first generates one batch untimed."""
+    from experiments.analysis import time_generation as tg
+
+    calls = []
+    real = tg.generate_all
+
+    def recorded(task, model, generator, batches, device):
+        calls.append((type(model.decoder).__name__, len(batches)))
+        return real(task, model, generator, batches, device)
+
+    monkeypatch.setattr(tg, "generate_all", recorded)
+    rows = tg.main(["--tiny", "--repeats", "1", "--configs", "classic-1layer", "project-best",
+                    "--skip-recompute", "--sentences", "4", "--batch-size", "2", "--tgt-len", "4",
+                    "--threads", "1", "--json", str(tmp_path / "rows.json")])
+    assert [r["config"] for r in rows] == ["classic-1layer", "project-best"]
+    classic, node = "TransformerDecoderBase", "NODETransformerDecoder"
+    assert calls == [(classic, 1), (node, 1), (classic, 2), (node, 2)], calls

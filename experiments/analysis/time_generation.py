@@ -17,7 +17,8 @@ position solved alone, when exact or, for the separated decoder, always), ``reco
 solver (full NODE or separated), ``fixed:METHOD:STEPS`` (--fixed-grid, an explicit opt-in:
 decoding on a fixed grid, as ``--model-overrides "{'node_method': 'rk4', 'node_steps': 4}"``
 does in fairseq-generate; the adaptive-only settings such as a first step are dropped).
-Runs are interleaved over --repeats rounds and the fastest round is kept: on a shared
+After an untimed warm-up round (each run's first batch), runs are interleaved over --repeats
+rounds and the fastest round is kept: on a shared
 machine only ratios within one run mean anything. With --data-bin the hypotheses are also
 scored (sacreBLEU against the references, mean length) and compared with the recompute
 mode's (share of identical hypotheses).
@@ -279,6 +280,11 @@ def fastest_rounds(runs, repeats: int, device) -> Dict[tuple, dict]:
     """Time the runs interleaved over ``repeats`` rounds; keep each one's fastest round."""
     best: Dict[tuple, dict] = {}
     saved: Dict[ODEBlock, object] = {}
+    # Untimed warm-up round (each run's first batch): allocator, kernels and caches are warm
+    # before the first timed round, so that --repeats 1 does not time a cold start.
+    for name, mode, task, model, generator, batches in runs:
+        set_mode(model, mode, saved)
+        generate_all(task, model, generator, batches[:1], device)
     for r in range(repeats):
         for name, mode, task, model, generator, batches in runs:
             set_mode(model, mode, saved)
