@@ -118,7 +118,7 @@ class NodeConfig(FairseqDataclass):
         solver="backprop")
     node_dynamics: str = _node(
         "study", "study (default: post-norm sub-layers, no residual) or prenorm (residual branch "
-                 "of a pre-norm layer, zero-initialised, final LayerNorm after the solve)",
+                 "of a pre-norm layer, zero-initialised, a LayerNorm after the side's last block)",
         check=_one_of(tuple(DYNAMICS), listed=False))
     node_output_init: str = _node(
         "zero", "prenorm dynamics: zero (default: the flow starts as the identity) or xavier "

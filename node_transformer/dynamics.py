@@ -95,7 +95,7 @@ class TransformerDynamics(nn.Module):
             nn.init.zeros_(fc.bias)
 
     # What a form needs around it and which settings it takes (read by layers.py and config.py):
-    post_norm = True  # f is layer-normalised; if not, the block normalises once after the solve
+    post_norm = True  # f is layer-normalised; if not, the side normalises after its last block
     takes_time = True  # time-dependent input (--node-time-dependent)
     takes_output_init = False  # an ``output_init`` argument (--node-output-init)
 
