@@ -140,7 +140,7 @@ def summarize(a, job: dict) -> dict:
     return {"name": job["name"], "seed": job["seed"], "params": params,
             "f_evals_per_token": ROWS[job["name"]][1], "loss_at_updates": losses,
             "bleu_test2016": None, "lr": row_lr(a, job["name"]), "max_tokens": a.max_tokens,
-            "updates": a.updates, "exit_code": job["proc"].returncode if job.get("proc") else None,
+            "updates": max((int(v["num_updates"]) for v in parsed["valid"]), default=0), "exit_code": job["proc"].returncode if job.get("proc") else None,
             "train_seconds": round(time.time() - job["t0"]) if job.get("t0") else None,
             "command_line": " ".join(shlex.quote(c) for c in job["cmd"])}
 
