@@ -67,6 +67,12 @@ ROWS: Dict[str, tuple] = {
 PROBES: Dict[str, tuple] = {
     "node-euler-dropout0": ([*ROWS["node-euler"][0], "--dropout", "0"], 2),
     "node-midpoint-dropout0": ([*ROWS["node-midpoint"][0], "--dropout", "0"], 4),
+    # depth, not accuracy? Two Euler steps over [0, 2] are fairseq's pre-norm 2-layer stack with
+    # its two layers' weights tied; one midpoint step over [0, 2] spends the same evaluations
+    "node-euler-2steps-t2": ([*BOTH, *PRENORM, "--node-method", "euler", "--node-steps", "2",
+                              "--node-ts", "0 2", *DIRECT], 4),
+    "node-midpoint-t2": ([*BOTH, *PRENORM, "--node-method", "midpoint", "--node-steps", "1",
+                          "--node-ts", "0 2", *DIRECT], 4),
     "node-midpoint-zero-init": ([*BOTH, "--node-dynamics", "prenorm", "--node-output-init", "zero",
                                  "--node-method", "midpoint", "--node-steps", "1", *DIRECT], 4),
 }
