@@ -125,12 +125,17 @@ def start(a, name: str, seed: int):
 
 
 def bleu(a, run_dir: str) -> Optional[float]:
+    """test2016 BLEU of the run's last checkpoint (evaluation.py: beam 5, sacreBLEU), reused
+    from an earlier --bleu when that scored this same checkpoint file."""
     from .evaluation import main as evaluate
 
     ckpt = os.path.join(run_dir, "checkpoints", "checkpoint_last.pt")
-    if evaluate([run_dir, "--data-bin", a.data_bin, "--checkpoint", ckpt, "--subset", "test"]) != 0:
-        return None
-    with open(os.path.join(run_dir, "bleu_test.json"), encoding="utf-8") as f:
+    scored = os.path.join(run_dir, "bleu_test.json")
+    if not (os.path.isfile(scored) and os.path.isfile(ckpt)
+            and os.path.getmtime(scored) > os.path.getmtime(ckpt)):
+        if evaluate([run_dir, "--data-bin", a.data_bin, "--checkpoint", ckpt, "--subset", "test"]) != 0:
+            return None
+    with open(scored, encoding="utf-8") as f:
         return json.load(f)["bleu"]
 
 
