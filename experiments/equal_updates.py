@@ -73,6 +73,7 @@ PROBES: Dict[str, tuple] = {
                               "--node-ts", "0 2", *DIRECT], 4),
     "node-midpoint-t2": ([*BOTH, *PRENORM, "--node-method", "midpoint", "--node-steps", "1",
                           "--node-ts", "0 2", *DIRECT], 4),
+    "rk2-gated-t2": ([*BOTH, *PRENORM, "--node-block", "rk2-gated", "--node-ts", "0 2"], 4),
     "node-midpoint-zero-init": ([*BOTH, "--node-dynamics", "prenorm", "--node-output-init", "zero",
                                  "--node-method", "midpoint", "--node-steps", "1", *DIRECT], 4),
 }
