@@ -201,24 +201,40 @@ def render(rows: List[dict]) -> List[str]:
 
 
 def figure(rows: List[dict], path: str) -> None:
+    """Valid loss against updates (left) and its difference to ``classic-1layer`` of the same
+    seed and learning rate (right: below zero is better than the classic)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(13, 5.5))
+    classic = {(r["seed"], r.get("lr")): r["loss_at_updates"] for r in rows if r["name"] == CLASSIC}
     for r in rows:
         pts = sorted((int(u), v) for u, v in r["loss_at_updates"].items())
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=f"{r['name']} (seed {r['seed']})")
-    ax.set_xlabel("updates")
-    ax.set_ylabel("valid loss (bits)")
+        if not pts:
+            continue
+        style = dict(marker="o", linestyle="-" if r["seed"] == 1 else "--",
+                     label=f"{r['name']} s{r['seed']} lr {r.get('lr', 0):g}")
+        line, = ax.plot(*zip(*pts), **style)
+        ref = classic.get((r["seed"], r.get("lr")))
+        other_dropout = "--dropout" in ROWS.get(r["name"], ([], 0))[0]  # not the classic's model
+        if ref and r["name"] != CLASSIC and not other_dropout:
+            diff = [(u, v - ref[str(u)]) for u, v in pts if str(u) in ref]
+            if diff:
+                dx.plot(*zip(*diff), marker="o", linestyle=style["linestyle"], color=line.get_color())
     ax.set_title("Equal parameters, equal updates (Multi30k, mini)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    dx.set_title(f"difference to {CLASSIC} (same seed and lr)")
+    dx.axhline(0, color="black", linewidth=0.8)
+    for a in (ax, dx):
+        a.set_xlabel("updates")
+        a.grid(alpha=0.3)
+    ax.set_ylabel("valid loss (bits)")
+    dx.set_ylabel("valid loss difference (bits)")
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
