@@ -26,12 +26,12 @@ from .rk_blocks import GatedRK2Block, PredictorCorrectorBlock, RK2Gate
 def build_block(node: NodeConfig, dynamics: nn.Module, shared_gate: Optional[RK2Gate] = None):
     """The block that --node-block names, around ``dynamics``; ``shared_gate``: the side's
     RK2Gate, shared by its rk2-gated blocks (made here when None)."""
-    ts = node.solver_settings().ts
+    solver = node.solver_settings()
     if node.node_block == "rk2-gated":
-        return GatedRK2Block(dynamics, shared_gate or RK2Gate(dynamics.fc2.out_features), ts)
+        return GatedRK2Block(dynamics, shared_gate or RK2Gate(dynamics.fc2.out_features), solver.ts)
     if node.node_block == "pc":
-        return PredictorCorrectorBlock(dynamics, node.node_pc_order, ts)
-    return ODEBlock(dynamics, node.solver_settings(), node.regularisation())
+        return PredictorCorrectorBlock(dynamics, node.node_pc_order, solver.ts)
+    return ODEBlock(dynamics, solver, node.regularisation())
 
 
 class SideBuild:
