@@ -82,6 +82,11 @@ CONFIGS = {
         "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method",
         "adaptive_heun", "--node-rtol", "1e-1", "--node-atol", "1e-1", "--node-first-step", "1.0",
         "--node-backprop", "direct", "--lr", "4e-3"]),
+    # issue 22's best block at equal parameters and updates: ODE Transformer's gated RK2 over
+    # [0, 2], pre-norm dynamics, backprop through its two evaluations (docs/blocks.md)
+    "rk2-gated-t2": ("02", [
+        "--node-encoder", "--node-decoder", "--node-dynamics", "prenorm", "--node-output-init",
+        "xavier", "--node-block", "rk2-gated", "--node-ts", "0 2", "--lr", "4e-3"]),
 }
 CLASSIC = "classic-1layer"
 TOLERANCES = (1e-2, 1e-3, 1e-4)
@@ -421,9 +426,10 @@ def report_lines(doc: dict, md: bool = True) -> List[str]:
         per_seed = doc.get("node_budget_minutes_by_seed") or {}
         node = (", ".join(f"{m:g} min (seed {s})" for s, m in per_seed.items()) if len(per_seed) > 1
                 else f"{doc['node_budget_minutes']:g} min")
+        how = ("a fixed budget, equal training time" if doc.get("node_budget_factor") is None else
+               f"{doc['node_budget_factor']:g} x the classic's time to its best loss")
         lines += [f"Training budgets: classic {doc['budget_minutes']:g} min; each NODE configuration "
-                  f"{node} ({doc['node_budget_factor']:g} x the classic's "
-                  "time to its best loss).", ""]
+                  f"{node} ({how}).", ""]
     header = ("configuration", "best valid loss", "s to classic's best", "time ratio", "tokens/s",
               "NFE fwd / update", "NFE bwd / update", "peak memory (MB)", "updates", "goal met",
               "other processes' CPU (cores)", "load average")
@@ -571,8 +577,9 @@ def run_seed(a, names: List[str], seed: Optional[int], stages: Stages, first: in
     stages.start(first, "training")
     summaries = {CLASSIC: run_config(CLASSIC, a, a.budget_minutes, seed)}
     classic_best = summaries[CLASSIC].get("best_valid_loss")
-    node_minutes = node_budget_minutes(read_epochs(os.path.join(a.out, classic_run)), classic_best,
-                                       a.node_budget_factor, a.budget_minutes)
+    node_minutes = (a.node_budget_minutes if a.node_budget_minutes is not None else
+                    node_budget_minutes(read_epochs(os.path.join(a.out, classic_run)), classic_best,
+                                        a.node_budget_factor, a.budget_minutes))
     for i, n in enumerate(names):
         if n != CLASSIC:
             stages.expected[first + i] = node_minutes * 60 + 30
@@ -594,6 +601,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-budget-factor", type=float, default=GOAL_TIME_RATIO, metavar="F",
                    help="NODE configurations train for F x the classic's time to its best loss "
                         f"(default {GOAL_TIME_RATIO:g}, the goal's allowance)")
+    p.add_argument("--node-budget-minutes", type=float, metavar="M",
+                   help="NODE configurations train for M minutes, whatever the classic's time to its "
+                        "best (equal training time; replaces --node-budget-factor)")
     p.add_argument("--json", default=os.path.join(ROOT, "docs", "benchmark.json"), metavar="FILE")
     p.add_argument("--only", nargs="+", choices=sorted(CONFIGS), metavar="NAME",
                    help=f"a subset of: {', '.join(CONFIGS)} ({CLASSIC} is always run)")
@@ -642,6 +652,8 @@ def check_args(p: argparse.ArgumentParser, a) -> None:
         p.error("--budget-minutes must be > 0")
     if not a.node_budget_factor > 0:
         p.error("--node-budget-factor must be > 0")
+    if a.node_budget_minutes is not None and not a.node_budget_minutes > 0:
+        p.error("--node-budget-minutes must be > 0")
     if not a.busy_cores >= 0:
         p.error("--busy-cores must be >= 0")
     if a.seeds and len(set(a.seeds)) != len(a.seeds):
@@ -659,7 +671,8 @@ def run_seeds(a, names: List[str], seeds: list) -> tuple:
     # time left: the budgets (plus start-up, the load check and the last validation); the NODE
     # runs' budget is known once the classic has run, its upper bound (factor x its budget) until then
     stages = Stages(PROG, [run_name(n, s) for s in seeds for n in names],
-                    [(a.budget_minutes * (1 if n == CLASSIC else a.node_budget_factor)) * 60 + 30
+                    [(a.budget_minutes if n == CLASSIC else
+                      a.node_budget_minutes or a.budget_minutes * a.node_budget_factor) * 60 + 30
                      + a.quiet_seconds for s in seeds for n in names])
     rows, verdicts, node_minutes = [], {}, {}
     for k, seed in enumerate(seeds):
@@ -681,7 +694,7 @@ def report(a, argv, rows: List[dict], verdicts: dict, node_minutes: dict, memory
         "verdict": verdicts[first],
         "memory_vs_nfe": memory,
         "budget_minutes": a.budget_minutes,
-        "node_budget_factor": a.node_budget_factor,
+        "node_budget_factor": None if a.node_budget_minutes is not None else a.node_budget_factor,
         "node_budget_minutes": node_minutes[first],
         "seeds": a.seeds,
         "verdict_by_seed": verdicts if a.seeds else None,

@@ -271,3 +271,15 @@ def test_printed_verdicts_say_when_the_machine_was_busy(capsys):
     assert "project-best (seed 2): time to the classic's best loss = 3.33 x" in out
     assert "goal met: False (BUSY MACHINE: not trustworthy)" in out
     assert "WARNING: BUSY MACHINE during project-best-seed2: other processes used 0.70 cores" in out
+
+
+def test_a_fixed_node_budget_is_reported_as_equal_time(tmp_path):
+    doc = seeded_doc()
+    doc.update(node_budget_factor=None, node_budget_minutes=30.0,
+               node_budget_minutes_by_seed={"1": 30.0, "2": 30.0})
+    assert "each NODE configuration 30 min (seed 1), 30 min (seed 2) (a fixed budget, equal training time)" \
+        in bm.markdown(doc)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                           "--data-bin", str(tmp_path), "--node-budget-minutes", "0"],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 2 and "--node-budget-minutes must be > 0" in proc.stderr
