@@ -1,4 +1,4 @@
-"""Three small workarounds for the fairseq we install, applied when the plugin is imported.
+"""Four small workarounds for the fairseq we install, applied when the plugin is imported.
 
 1. torch >= 2.6 loads with ``weights_only=True`` by default, and fairseq's checkpoints hold
    a few Python objects besides tensors, so fairseq-generate and resumed training fail with
@@ -14,15 +14,26 @@
    ``fairseq-train --user-dir node_transformer --arch node_transformer --help`` listed no
    ``--node-*`` flag. ``options.parse_args_and_arch`` is wrapped: with ``-h``/``--help`` it
    lets fairseq add every chosen component's flags first, then prints the help and exits.
+4. fairseq loads batches in a daemon thread (``iterators.BackgroundConsumer``). When
+   fairseq-train stops in mid-epoch (``--node-on-budget error``, any SystemExit), that thread
+   may be inside torch; Python 3.11 and 3.12 end daemon threads at finalisation with
+   ``pthread_exit``, whose unwinding through torch's C++ frames aborts the process with
+   "terminate called without an active exception" after our one-line error (once in three
+   full test runs). An ``atexit`` hook, which runs before finalisation, lets each such thread finish the
+   batch it is fetching and return.
 """
 
 import argparse
+import atexit
+import queue
 import sys
+import threading
+import time
 
 import numpy as np
 import torch
 from fairseq import options
-from fairseq.data import data_utils
+from fairseq.data import data_utils, iterators
 
 SAFE_GLOBALS = [argparse.Namespace]
 
@@ -73,3 +84,28 @@ if not hasattr(options.parse_args_and_arch, "full_help"):  # once, however often
     _fairseq_parse_args_and_arch = options.parse_args_and_arch
     _parse_args_and_arch_with_full_help.full_help = True
     options.parse_args_and_arch = _parse_args_and_arch_with_full_help
+
+
+def stop_background_loaders(timeout: float = 10.0) -> bool:
+    """Make fairseq's loader threads return (True when none is left running): each stops after
+    the batch it is fetching, the queues are emptied so that no put blocks it. Batches left in
+    the queues are dropped: this runs only at exit."""
+    threads = [t for t in threading.enumerate()
+               if isinstance(t, iterators.BackgroundConsumer) and t.is_alive()]
+    for t in threads:
+        t._max_len = 0  # its loop breaks after its next put
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        while t.is_alive() and time.monotonic() < deadline:
+            try:
+                while True:
+                    t._queue.get_nowait()
+            except queue.Empty:
+                pass
+            t.join(0.05)
+    return not any(t.is_alive() for t in threads)
+
+
+if not getattr(iterators, "_node_transformer_stops_loaders", False):  # once, however often imported
+    iterators._node_transformer_stops_loaders = True
+    atexit.register(stop_background_loaders)

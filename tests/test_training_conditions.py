@@ -69,6 +69,60 @@ def test_error_policy_stops_with_one_line(data_bin, tmp_path):
     assert not os.path.exists(tmp_path / "ckpt" / "crash.pt")
 
 
+# A loader whose batches cost time inside torch (each op releases the GIL), as fairseq's
+# collater's do; the process stops while the loader thread is in mid-batch.
+STOP_IN_MID_EPOCH = """
+import sys, torch
+{plugin}
+from fairseq.data import iterators
+
+class Batches:
+    def __len__(self):
+        return 10 ** 6
+
+    def __iter__(self):
+        a = torch.randn(64, 64)
+        while True:
+            for _ in range(200):
+                a = torch.tanh(a @ a)
+            yield a
+
+itr = iterators.BufferedIterator(100, Batches())
+next(itr)
+raise SystemExit("stopped in mid-epoch")
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_stop_in_mid_epoch_ends_with_its_own_message(attempt):
+    # fairseq's loader thread used to outlive the SystemExit and abort the process at
+    # finalisation ("terminate called without an active exception") after the message.
+    proc = subprocess.run([sys.executable, "-c", STOP_IN_MID_EPOCH.format(plugin="import node_transformer")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == ["stopped in mid-epoch"], proc.stderr
+
+
+def test_loader_threads_stop_even_with_a_full_queue():
+    from fairseq.data import iterators
+    from node_transformer.fairseq_fixes import stop_background_loaders
+
+    class Endless:
+        def __len__(self):
+            return 10 ** 6
+
+        def __iter__(self):
+            while True:
+                yield torch.zeros(3)
+
+    itr = iterators.BufferedIterator(2, Endless())
+    next(itr)  # starts the thread, which then fills the queue and blocks in put()
+    thread = itr._consumer
+    assert thread.is_alive()
+    assert stop_background_loaders(timeout=10.0)
+    assert not thread.is_alive()
+
+
 def _checkpoints(save_dir):
     return {p.name: p.read_bytes() for p in save_dir.glob("*.pt")} if save_dir.exists() else {}
 
