@@ -200,41 +200,47 @@ def render(rows: List[dict]) -> List[str]:
     return table(header, body)
 
 
-def figure(rows: List[dict], path: str) -> None:
-    """Valid loss against updates (left) and its difference to ``classic-1layer`` of the same
-    seed and learning rate (right: below zero is better than the classic)."""
+def figure(rows: List[dict], path: str, lrs: Optional[List[float]] = None) -> None:
+    """One column per peak learning rate (``lrs``, default all): valid loss against updates
+    (top) and its difference to ``classic-1layer`` of the same seed and rate (bottom: below
+    zero is better than the classic). Rows are only compared within their own rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, dx) = plt.subplots(1, 2, figsize=(13, 5.5))
+    lrs = sorted({r.get("lr") for r in rows if r.get("lr") is not None} if lrs is None else lrs)
+    drawn = [r for r in rows if r.get("lr") in lrs and r["loss_at_updates"]]
+    if not drawn:
+        raise SystemExit(f"{PROG}: error: no rows at learning rate(s) {', '.join(f'{x:g}' for x in lrs)}")
+    names = sorted({r["name"] for r in drawn}, key=list(ROWS).index)
+    colour = {n: plt.get_cmap("tab20")(i % 20) for i, n in enumerate(names)}
+    fig, axes = plt.subplots(2, len(lrs), figsize=(6.5 * len(lrs), 9), squeeze=False)
     classic = {(r["seed"], r.get("lr")): r["loss_at_updates"] for r in rows if r["name"] == CLASSIC}
-    for r in rows:
-        pts = sorted((int(u), v) for u, v in r["loss_at_updates"].items())
-        if not pts:
-            continue
-        style = dict(marker="o", linestyle="-" if r["seed"] == 1 else "--",
-                     label=f"{r['name']} s{r['seed']} lr {r.get('lr', 0):g}")
-        line, = ax.plot(*zip(*pts), **style)
-        ref = classic.get((r["seed"], r.get("lr")))
-        other_dropout = "--dropout" in ROWS.get(r["name"], ([], 0))[0]  # not the classic's model
-        if ref and r["name"] != CLASSIC and not other_dropout:
-            diff = [(u, v - ref[str(u)]) for u, v in pts if str(u) in ref]
-            if diff:
-                dx.plot(*zip(*diff), marker="o", linestyle=style["linestyle"], color=line.get_color())
-    ax.set_title("Equal parameters, equal updates (Multi30k, mini)")
-    dx.set_title(f"difference to {CLASSIC} (same seed and lr)")
-    dx.axhline(0, color="black", linewidth=0.8)
-    for a in (ax, dx):
-        a.set_xlabel("updates")
-        a.grid(alpha=0.3)
-    ax.set_ylabel("valid loss (bits)")
-    dx.set_ylabel("valid loss difference (bits)")
-    ax.legend(fontsize=6, ncol=2)
+    for col, lr in enumerate(lrs):
+        ax, dx = axes[0][col], axes[1][col]
+        for r in (r for r in drawn if r.get("lr") == lr):
+            pts = sorted((int(u), v) for u, v in r["loss_at_updates"].items())
+            style = dict(marker="o", color=colour[r["name"]], linestyle="-" if r["seed"] == 1 else "--")
+            ax.plot(*zip(*pts), label=f"{r['name']} s{r['seed']}", **style)
+            ref = classic.get((r["seed"], lr))
+            other_dropout = "--dropout" in ROWS.get(r["name"], ([], 0))[0]  # not the classic's model
+            if ref and r["name"] != CLASSIC and not other_dropout:
+                diff = [(u, v - ref[str(u)]) for u, v in pts if str(u) in ref]
+                if diff:
+                    dx.plot(*zip(*diff), **style)
+        ax.set_title(f"peak lr {lr:g}: valid loss (Multi30k, mini)")
+        dx.set_title(f"peak lr {lr:g}: difference to {CLASSIC} (same seed)")
+        dx.axhline(0, color="black", linewidth=0.8)
+        for a in (ax, dx):
+            a.set_xlabel("updates")
+            a.grid(alpha=0.3)
+        ax.set_ylabel("valid loss (bits)")
+        dx.set_ylabel("valid loss difference (bits)")
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -282,6 +288,8 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--bleu", action="store_true", help="test2016 BLEU of each row's last checkpoint")
     p.add_argument("--json", metavar="PATH", help="write the rows under 'equal_updates' here")
     p.add_argument("--figure", metavar="PNG", help="valid loss against updates, all rows")
+    p.add_argument("--figure-lr", nargs="+", type=float, metavar="LR",
+                   help="only these peak learning rates in --figure, one column each (default all)")
     p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--collect", action="store_true",
@@ -297,7 +305,7 @@ def main(argv=None) -> int:
             rows = json.load(f).get(JSON_KEY, [])
         print("\n".join(render(rows)))
         if a.figure:
-            figure(rows, a.figure)
+            figure(rows, a.figure, a.figure_lr)
         return 0
     if not a.data_bin:
         raise SystemExit(f"{PROG}: error: --data-bin is required (or --render JSON)")
@@ -315,7 +323,7 @@ def main(argv=None) -> int:
     rows = collect(a) if a.collect else run_all(a)
     print("\n".join(render(rows)))
     if a.figure:
-        figure(rows, a.figure)
+        figure(rows, a.figure, a.figure_lr)
     if a.json:
         store(a.json, rows, {"command": " ".join(shlex.quote(c) for c in sys.argv), "started": started,
                              "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

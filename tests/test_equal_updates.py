@@ -85,3 +85,18 @@ def test_a_short_run_writes_its_rows_table_and_figure(tmp_path):
     assert png.stat().st_size > 0 and "rk2-gated" in proc.stdout
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert table and run("--render", str(js)).stdout.splitlines() == table
+
+
+def test_figure_draws_one_column_per_learning_rate_and_names_a_rate_without_rows(tmp_path):
+    js, png = tmp_path / "b.json", tmp_path / "f.png"
+    rows = [{"name": n, "seed": 1, "lr": lr, "params": 1, "f_evals_per_token": 2, "bleu_test2016": None,
+             "loss_at_updates": {"500": 6.0 + lr, "1000": 5.0 + lr}}
+            for n in ("classic-1layer", "rk2-gated") for lr in (0.002, 0.004)]
+    js.write_text(json.dumps({eq.JSON_KEY: rows}))
+    run("--render", str(js), "--figure", str(png), "--figure-lr", "0.004")
+    from PIL import Image
+    one = Image.open(png).size
+    run("--render", str(js), "--figure", str(png))
+    assert Image.open(png).size[0] > 1.8 * one[0]  # two columns
+    proc = run("--render", str(js), "--figure", str(tmp_path / "g.png"), "--figure-lr", "0.5", check=False)
+    assert proc.returncode != 0 and "no rows at learning rate(s) 0.5" in proc.stderr
