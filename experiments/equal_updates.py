@@ -9,7 +9,8 @@ same number of updates; valid loss at fixed update counts, test2016 BLEU at the 
     python -m experiments.equal_updates --render docs/benchmark.json [--figure PNG]
 
 Runs at equal updates do not depend on the machine's speed: --parallel of them may share it,
---threads intra-op threads each. Each row's fairseq-train log is kept in OUT/NAME-seedS/.
+--threads intra-op threads each. Each row's fairseq-train log is kept in OUT/NAME-seedS/; a
+longer run of a row, seed and rate that ran before continues from its last checkpoint.
 The table goes into --json under the key ``equal_updates`` (other keys are kept): one entry
 per row and seed, {"name", "seed", "params", "f_evals_per_token", "loss_at_updates",
 "bleu_test2016", "lr", ...}. ``f_evals_per_token``: evaluations of a layer-sized f per
@@ -117,7 +118,18 @@ def start(a, name: str, seed: int):
     os.makedirs(run_dir, exist_ok=True)
     cmd = command(a, name, seed, row_lr(a, name), run_dir)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
-    log = open(os.path.join(run_dir, "train.log"), "w", encoding="utf-8")
+    log_path = os.path.join(run_dir, "train.log")
+    # fairseq-train continues from the save dir's last checkpoint (a shorter probe of the same
+    # row, seed and rate): keep the log of the updates before it. The continuation is the run a
+    # fresh one would make: fairseq reseeds every update from --seed and the update count.
+    resumed = os.path.isfile(log_path) and os.path.isfile(
+        os.path.join(run_dir, "checkpoints", "checkpoint_last.pt"))
+    if resumed:
+        print(f"{PROG}: {name} seed {seed}: continuing from {run_dir}/checkpoints/checkpoint_last.pt",
+              flush=True)
+    log = open(log_path, "a" if resumed else "w", encoding="utf-8")
+    if resumed:
+        log.write("## resumed from checkpoints/checkpoint_last.pt\n")
     log.write("# " + " ".join(shlex.quote(c) for c in cmd) + "\n")
     log.flush()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -143,8 +155,8 @@ def bleu(a, run_dir: str) -> Optional[float]:
 def summarize(a, job: dict) -> dict:
     with open(os.path.join(job["run_dir"], "train.log"), encoding="utf-8") as f:
         lines = f.read().splitlines()
-    if job.get("cmd") is None:  # --collect: the command is the log's first line
-        job["cmd"] = shlex.split(lines[0][2:])
+    if job.get("cmd") is None:  # --collect: the command is the log's last "# " line
+        job["cmd"] = shlex.split([line for line in lines if line.startswith("# ")][-1][2:])
     parsed = parse_log(lines)
     params = next((int(m.group(1).replace(",", "")) for m in map(PARAMS.search, lines) if m), None)
     losses = {str(int(v["num_updates"])): v["loss"] for v in parsed["valid"]

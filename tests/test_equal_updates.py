@@ -59,14 +59,21 @@ def test_store_keeps_other_keys_and_replaces_the_same_row(tmp_path):
     assert sorted((r["seed"], r["v"]) for r in data[eq.JSON_KEY]) == [(1, 1), (2, 2)]
 
 
-def test_a_short_run_writes_its_rows_table_and_figure(tmp_path):
-    raw, data = tmp_path / "raw", tmp_path / "bin"
+@pytest.fixture(scope="module")
+def toy_bin(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("toy")
+    raw, data = tmp / "raw", tmp / "bin"
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_toy_data.py"), str(raw),
                     "--train", "200", "--valid", "20", "--test", "5", "--max-len", "6"],
                    check=True, capture_output=True)
     cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
         "--trainpref", str(raw / "train"), "--validpref", str(raw / "valid"), "--testpref",
         str(raw / "test"), "--destdir", str(data), "--workers", "1", env={"OMP_NUM_THREADS": "1"})
+    return data
+
+
+def test_a_short_run_writes_its_rows_table_and_figure(tmp_path, toy_bin):
+    data = toy_bin
     out, js, png = tmp_path / "out", tmp_path / "b.json", tmp_path / "f.png"
     proc = run("--data-bin", str(data), "--out", str(out), "--rows", "classic-1layer", "rk2-gated",
                "--updates", "4", "--every", "2", "--max-tokens", "300", "--json", str(js),
@@ -100,3 +107,21 @@ def test_figure_draws_one_column_per_learning_rate_and_names_a_rate_without_rows
     assert Image.open(png).size[0] > 1.8 * one[0]  # two columns
     proc = run("--render", str(js), "--figure", str(tmp_path / "g.png"), "--figure-lr", "0.5", check=False)
     assert proc.returncode != 0 and "no rows at learning rate(s) 0.5" in proc.stderr
+
+
+def test_a_longer_run_continues_a_shorter_one_and_keeps_its_log(tmp_path, toy_bin):
+    out, js = tmp_path / "out", tmp_path / "b.json"
+    common = ["--data-bin", str(toy_bin), "--out", str(out), "--rows", "classic-1layer", "--every", "2",
+              "--max-tokens", "300"]
+    run(*common, "--updates", "2")
+    proc = run(*common, "--updates", "4", "--json", str(js))
+    assert "continuing from" in proc.stdout
+    log = (out / "classic-1layer-seed1" / "train.log").read_text()
+    assert "## resumed from checkpoints/checkpoint_last.pt" in log and "Loaded checkpoint" in log
+    (row,) = json.load(open(js))[eq.JSON_KEY]
+    assert set(row["loss_at_updates"]) == {"2", "4"}  # the first run's validation is still there
+    assert "--max-update 4" in row["command_line"]
+    collected = run(*common, "--updates", "4", "--collect", "--json", str(js))
+    assert collected.returncode == 0
+    (again,) = json.load(open(js))[eq.JSON_KEY]
+    assert again["loss_at_updates"] == row["loss_at_updates"] and "--max-update 4" in again["command_line"]
