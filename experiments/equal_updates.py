@@ -203,12 +203,36 @@ def collect(a) -> List[dict]:
     return rows
 
 
-def render(rows: List[dict]) -> List[str]:
+def render(rows: List[dict], by_seed: bool = False) -> List[str]:
+    """One line per row and seed, or (``by_seed``) one per row and rate with the seeds side
+    by side as ``s1 / s2`` (``-`` where a seed did not run that row)."""
     counts = sorted({int(u) for r in rows for u in r["loss_at_updates"]})
-    header = ["row", "seed", "params", "f/token", "lr", *[f"loss@{u}" for u in counts], "BLEU"]
-    body = [[r["name"], r["seed"], r["params"], r["f_evals_per_token"], r.get("lr"),
-             *[r["loss_at_updates"].get(str(u), "") for u in counts],
-             "" if r["bleu_test2016"] is None else r["bleu_test2016"]] for r in rows]
+    if not by_seed:
+        header = ["row", "seed", "params", "f/token", "lr", *[f"loss@{u}" for u in counts], "BLEU"]
+        body = [[r["name"], r["seed"], r["params"], r["f_evals_per_token"], r.get("lr"),
+                 *[r["loss_at_updates"].get(str(u), "") for u in counts],
+                 "" if r["bleu_test2016"] is None else r["bleu_test2016"]] for r in rows]
+        return table(header, body)
+    seeds = sorted({r["seed"] for r in rows})
+    groups: Dict[tuple, Dict[int, dict]] = {}
+    for r in rows:
+        groups.setdefault((r["name"], r.get("lr")), {})[r["seed"]] = r
+
+    def cell(by: Dict[int, dict], get) -> str:
+        return " / ".join("-" if by.get(s) is None or get(by[s]) in (None, "") else str(get(by[s]))
+                          for s in seeds)
+
+    tag = " / ".join(f"s{s}" for s in seeds)
+    header = ["row", "params", "f/token", "lr", *[f"loss@{u} ({tag})" for u in counts], f"BLEU ({tag})"]
+    body = []
+    order = sorted(groups, key=lambda k: (k[1] or 0, list(ROWS).index(k[0]) if k[0] in ROWS else len(ROWS)))
+    for name, lr in order:
+        by = groups[(name, lr)]
+        first = next(iter(by.values()))
+        body.append([f"`{name}`", f"{first['params']:,}" if first["params"] else "", first["f_evals_per_token"],
+                     f"{lr:g}" if lr is not None else "",
+                     *[cell(by, lambda r, u=u: r["loss_at_updates"].get(str(u))) for u in counts],
+                     cell(by, lambda r: r["bleu_test2016"])])
     return table(header, body)
 
 
@@ -300,9 +324,12 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--bleu", action="store_true", help="test2016 BLEU of each row's last checkpoint")
     p.add_argument("--json", metavar="PATH", help="write the rows under 'equal_updates' here")
     p.add_argument("--figure", metavar="PNG", help="valid loss against updates, all rows")
-    p.add_argument("--figure-lr", nargs="+", type=float, metavar="LR",
-                   help="only these peak learning rates in --figure, one column each (default all)")
+    p.add_argument("--only-lr", nargs="+", type=float, metavar="LR",
+                   help="with --render: only rows at these peak learning rates, in the table and "
+                        "in --figure (one column each)")
     p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
+    p.add_argument("--by-seed", action="store_true",
+                   help="with --render: one line per row and rate, the seeds side by side")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: the table (and --bleu, --json, --figure) from OUT's logs")
@@ -315,9 +342,14 @@ def main(argv=None) -> int:
     if a.render:
         with open(a.render, encoding="utf-8") as f:
             rows = json.load(f).get(JSON_KEY, [])
-        print("\n".join(render(rows)))
+        if a.only_lr:
+            rows = [r for r in rows if r.get("lr") in a.only_lr]
+            if not rows:
+                raise SystemExit(f"{PROG}: error: no rows at learning rate(s) "
+                                 f"{', '.join(f'{x:g}' for x in a.only_lr)} in {a.render}")
+        print("\n".join(render(rows, a.by_seed)))
         if a.figure:
-            figure(rows, a.figure, a.figure_lr)
+            figure(rows, a.figure, a.only_lr)
         return 0
     if not a.data_bin:
         raise SystemExit(f"{PROG}: error: --data-bin is required (or --render JSON)")
@@ -335,7 +367,7 @@ def main(argv=None) -> int:
     rows = collect(a) if a.collect else run_all(a)
     print("\n".join(render(rows)))
     if a.figure:
-        figure(rows, a.figure, a.figure_lr)
+        figure(rows, a.figure, a.only_lr)
     if a.json:
         store(a.json, rows, {"command": " ".join(shlex.quote(c) for c in sys.argv), "started": started,
                              "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -100,12 +100,12 @@ def test_figure_draws_one_column_per_learning_rate_and_names_a_rate_without_rows
              "loss_at_updates": {"500": 6.0 + lr, "1000": 5.0 + lr}}
             for n in ("classic-1layer", "rk2-gated") for lr in (0.002, 0.004)]
     js.write_text(json.dumps({eq.JSON_KEY: rows}))
-    run("--render", str(js), "--figure", str(png), "--figure-lr", "0.004")
+    run("--render", str(js), "--figure", str(png), "--only-lr", "0.004")
     from PIL import Image
     one = Image.open(png).size
     run("--render", str(js), "--figure", str(png))
     assert Image.open(png).size[0] > 1.8 * one[0]  # two columns
-    proc = run("--render", str(js), "--figure", str(tmp_path / "g.png"), "--figure-lr", "0.5", check=False)
+    proc = run("--render", str(js), "--figure", str(tmp_path / "g.png"), "--only-lr", "0.5", check=False)
     assert proc.returncode != 0 and "no rows at learning rate(s) 0.5" in proc.stderr
 
 
@@ -125,3 +125,22 @@ def test_a_longer_run_continues_a_shorter_one_and_keeps_its_log(tmp_path, toy_bi
     assert collected.returncode == 0
     (again,) = json.load(open(js))[eq.JSON_KEY]
     assert again["loss_at_updates"] == row["loss_at_updates"] and "--max-update 4" in again["command_line"]
+
+
+def test_render_by_seed_sets_the_seeds_side_by_side_and_filters_rates(tmp_path):
+    js = tmp_path / "b.json"
+    rows = [{"name": "pc", "seed": 2, "lr": 0.004, "params": 1329156, "f_evals_per_token": 6,
+             "bleu_test2016": 30.5, "loss_at_updates": {"500": 6.5, "1000": 5.5}},
+            {"name": "classic-1layer", "seed": 1, "lr": 0.004, "params": 1328640, "f_evals_per_token": 2,
+             "bleu_test2016": None, "loss_at_updates": {"500": 6.1}},
+            {"name": "classic-1layer", "seed": 2, "lr": 0.004, "params": 1328640, "f_evals_per_token": 2,
+             "bleu_test2016": 31.0, "loss_at_updates": {"500": 6.2, "1000": 5.3}},
+            {"name": "pc", "seed": 1, "lr": 0.002, "params": 1329156, "f_evals_per_token": 6,
+             "bleu_test2016": None, "loss_at_updates": {"500": 7.0}}]
+    js.write_text(json.dumps({eq.JSON_KEY: rows}))
+    lines = run("--render", str(js), "--by-seed", "--only-lr", "0.004").stdout.strip().splitlines()
+    assert lines[0] == ("| row | params | f/token | lr | loss@500 (s1 / s2) | loss@1000 (s1 / s2) "
+                        "| BLEU (s1 / s2) |")
+    assert lines[2] == "| `classic-1layer` | 1,328,640 | 2 | 0.004 | 6.1 / 6.2 | - / 5.3 | - / 31.0 |"
+    assert lines[3] == "| `pc` | 1,329,156 | 6 | 0.004 | - / 6.5 | - / 5.5 | - / 30.5 |"
+    assert len(lines) == 4  # the 0.002 row is left out
