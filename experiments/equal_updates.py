@@ -236,6 +236,24 @@ def render(rows: List[dict], by_seed: bool = False) -> List[str]:
     return table(header, body)
 
 
+def render_by_lr(rows: List[dict], update: int) -> List[str]:
+    """The learning-rate probes: one line per row, one column per peak rate, the valid loss
+    at ``update`` of each seed (``s1 / s2``; ``-`` where that seed did not run the rate)."""
+    seeds = sorted({r["seed"] for r in rows})
+    lrs = sorted({r.get("lr") for r in rows if r.get("lr") is not None})
+    names = sorted({r["name"] for r in rows}, key=lambda n: list(ROWS).index(n) if n in ROWS else len(ROWS))
+    at = {(r["name"], r.get("lr"), r["seed"]): r["loss_at_updates"].get(str(update)) for r in rows}
+    lrs = [lr for lr in lrs if any(v is not None for (_, x, _), v in at.items() if x == lr)]
+    body = []
+    for n in names:
+        if all(at.get((n, lr, s)) is None for lr in lrs for s in seeds):
+            continue
+        body.append([f"`{n}`", *[" / ".join("-" if at.get((n, lr, s)) is None else str(at[(n, lr, s)])
+                                            for s in seeds) for lr in lrs]])
+    tag = " / ".join(f"s{s}" for s in seeds)
+    return table(["row", *[f"lr {lr:g} ({tag})" for lr in lrs]], body)
+
+
 def figure(rows: List[dict], path: str, lrs: Optional[List[float]] = None) -> None:
     """One column per peak learning rate (``lrs``, default all): valid loss against updates
     (top) and its difference to ``classic-1layer`` of the same seed and rate (bottom: below
@@ -324,6 +342,8 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--bleu", action="store_true", help="test2016 BLEU of each row's last checkpoint")
     p.add_argument("--json", metavar="PATH", help="write the rows under 'equal_updates' here")
     p.add_argument("--figure", metavar="PNG", help="valid loss against updates, all rows")
+    p.add_argument("--by-lr", type=int, metavar="UPDATES",
+                   help="with --render: the learning-rate probes, valid loss at UPDATES, one column per rate")
     p.add_argument("--only-lr", nargs="+", type=float, metavar="LR",
                    help="with --render: only rows at these peak learning rates, in the table and "
                         "in --figure (one column each)")
@@ -347,7 +367,7 @@ def main(argv=None) -> int:
             if not rows:
                 raise SystemExit(f"{PROG}: error: no rows at learning rate(s) "
                                  f"{', '.join(f'{x:g}' for x in a.only_lr)} in {a.render}")
-        print("\n".join(render(rows, a.by_seed)))
+        print("\n".join(render_by_lr(rows, a.by_lr) if a.by_lr else render(rows, a.by_seed)))
         if a.figure:
             figure(rows, a.figure, a.only_lr)
         return 0

@@ -144,3 +144,9 @@ def test_render_by_seed_sets_the_seeds_side_by_side_and_filters_rates(tmp_path):
     assert lines[2] == "| `classic-1layer` | 1,328,640 | 2 | 0.004 | 6.1 / 6.2 | - / 5.3 | - / 31.0 |"
     assert lines[3] == "| `pc` | 1,329,156 | 6 | 0.004 | - / 6.5 | - / 5.5 | - / 30.5 |"
     assert len(lines) == 4  # the 0.002 row is left out
+
+    probes = run("--render", str(js), "--by-lr", "500").stdout.strip().splitlines()
+    assert probes[0] == "| row | lr 0.002 (s1 / s2) | lr 0.004 (s1 / s2) |"
+    assert probes[2:] == ["| `classic-1layer` | - / - | 6.1 / 6.2 |", "| `pc` | 7.0 / - | - / 6.5 |"]
+    at_1000 = run("--render", str(js), "--by-lr", "1000").stdout.strip().splitlines()
+    assert at_1000[0] == "| row | lr 0.004 (s1 / s2) |"  # no row reached 1000 updates at 0.002
