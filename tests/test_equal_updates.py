@@ -125,6 +125,10 @@ def test_a_longer_run_continues_a_shorter_one_and_keeps_its_log(tmp_path, toy_bi
     assert collected.returncode == 0
     (again,) = json.load(open(js))[eq.JSON_KEY]
     assert again["loss_at_updates"] == row["loss_at_updates"] and "--max-update 4" in again["command_line"]
+    fresh = tmp_path / "fresh.json"
+    run(*common[:3], str(tmp_path / "fresh"), *common[4:], "--updates", "4", "--json", str(fresh))
+    (one_go,) = json.load(open(fresh))[eq.JSON_KEY]
+    assert one_go["loss_at_updates"] == row["loss_at_updates"]  # the continuation is the same run
 
 
 def test_render_by_seed_sets_the_seeds_side_by_side_and_filters_rates(tmp_path):
