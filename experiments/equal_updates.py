@@ -77,6 +77,9 @@ PROBES: Dict[str, tuple] = {
     "rk2-gated-t2": ([*BOTH, *PRENORM, "--node-block", "rk2-gated", "--node-ts", "0 2"], 4),
     "node-midpoint-zero-init": ([*BOTH, "--node-dynamics", "prenorm", "--node-output-init", "zero",
                                  "--node-method", "midpoint", "--node-steps", "1", *DIRECT], 4),
+    # the 6-layer classic with rk2-gated-6enc's norm placement (pre-norm encoder, fairseq's
+    # post-norm decoder): the block against the layer, norm placement held fixed
+    "classic-6layer-prenorm-encoder": ([*ROWS["classic-6layer"][0], "--encoder-normalize-before"], 12),
 }
 DEFAULT_ROWS = [n for n in ROWS if "6" not in n] + ["rk2-gated-t2"]  # the best block (RESULTS.md)
 ROWS.update(PROBES)
