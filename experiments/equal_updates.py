@@ -332,7 +332,9 @@ def arg_parser() -> argparse.ArgumentParser:
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--data-bin", metavar="DIR")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "equal-updates"))
-    p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS), metavar="NAME")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), metavar="NAME",
+                   help="rows to train or collect (default: the comparison's rows); with --render: "
+                        "only these rows (default all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
     p.add_argument("--updates", type=int, default=2000)
     p.add_argument("--every", type=int, default=500, help="validate every N updates (default 500)")
@@ -362,14 +364,18 @@ def arg_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = arg_parser().parse_args(argv)
     a.lr_by_row = parse_lr(a.lr)
+    chosen_rows, a.rows = a.rows, a.rows or DEFAULT_ROWS
     if a.render:
         with open(a.render, encoding="utf-8") as f:
             rows = json.load(f).get(JSON_KEY, [])
+        if chosen_rows:
+            rows = [r for r in rows if r["name"] in chosen_rows]
         if a.only_lr:
             rows = [r for r in rows if r.get("lr") in a.only_lr]
-            if not rows:
-                raise SystemExit(f"{PROG}: error: no rows at learning rate(s) "
-                                 f"{', '.join(f'{x:g}' for x in a.only_lr)} in {a.render}")
+        if not rows:
+            named = f" named {', '.join(chosen_rows)}" if chosen_rows else ""
+            at = f" at learning rate(s) {', '.join(f'{x:g}' for x in a.only_lr)}" if a.only_lr else ""
+            raise SystemExit(f"{PROG}: error: {a.render} has no rows{named}{at}")
         print("\n".join(render_by_lr(rows, a.by_lr) if a.by_lr else render(rows, a.by_seed)))
         if a.figure:
             figure(rows, a.figure, a.only_lr)

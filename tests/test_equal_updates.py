@@ -106,7 +106,11 @@ def test_figure_draws_one_column_per_learning_rate_and_names_a_rate_without_rows
     run("--render", str(js), "--figure", str(png))
     assert Image.open(png).size[0] > 1.8 * one[0]  # two columns
     proc = run("--render", str(js), "--figure", str(tmp_path / "g.png"), "--only-lr", "0.5", check=False)
-    assert proc.returncode != 0 and "no rows at learning rate(s) 0.5" in proc.stderr
+    assert proc.returncode != 0 and "has no rows at learning rate(s) 0.5" in proc.stderr
+    proc = run("--render", str(js), "--rows", "pc", check=False)
+    assert proc.returncode != 0 and "has no rows named pc" in proc.stderr
+    only = run("--render", str(js), "--rows", "rk2-gated").stdout
+    assert "rk2-gated" in only and "classic-1layer" not in only
 
 
 def test_a_longer_run_continues_a_shorter_one_and_keeps_its_log(tmp_path, toy_bin):
