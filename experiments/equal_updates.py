@@ -206,6 +206,11 @@ def collect(a) -> List[dict]:
     return rows
 
 
+def row_order(name: str) -> int:
+    """Tables and legends list rows in ROWS's order; names from an older JSON come last."""
+    return list(ROWS).index(name) if name in ROWS else len(ROWS)
+
+
 def render(rows: List[dict], by_seed: bool = False) -> List[str]:
     """One line per row and seed, or (``by_seed``) one per row and rate with the seeds side
     by side as ``s1 / s2`` (``-`` where a seed did not run that row)."""
@@ -228,7 +233,7 @@ def render(rows: List[dict], by_seed: bool = False) -> List[str]:
     tag = " / ".join(f"s{s}" for s in seeds)
     header = ["row", "params", "f/token", "lr", *[f"loss@{u} ({tag})" for u in counts], f"BLEU ({tag})"]
     body = []
-    order = sorted(groups, key=lambda k: (k[1] or 0, list(ROWS).index(k[0]) if k[0] in ROWS else len(ROWS)))
+    order = sorted(groups, key=lambda k: (k[1] or 0, row_order(k[0])))
     for name, lr in order:
         by = groups[(name, lr)]
         first = next(iter(by.values()))
@@ -244,7 +249,7 @@ def render_by_lr(rows: List[dict], update: int) -> List[str]:
     at ``update`` of each seed (``s1 / s2``; ``-`` where that seed did not run the rate)."""
     seeds = sorted({r["seed"] for r in rows})
     lrs = sorted({r.get("lr") for r in rows if r.get("lr") is not None})
-    names = sorted({r["name"] for r in rows}, key=lambda n: list(ROWS).index(n) if n in ROWS else len(ROWS))
+    names = sorted({r["name"] for r in rows}, key=row_order)
     at = {(r["name"], r.get("lr"), r["seed"]): r["loss_at_updates"].get(str(update)) for r in rows}
     lrs = [lr for lr in lrs if any(v is not None for (_, x, _), v in at.items() if x == lr)]
     body = []
@@ -270,7 +275,7 @@ def figure(rows: List[dict], path: str, lrs: Optional[List[float]] = None) -> No
     drawn = [r for r in rows if r.get("lr") in lrs and r["loss_at_updates"]]
     if not drawn:
         raise SystemExit(f"{PROG}: error: no rows at learning rate(s) {', '.join(f'{x:g}' for x in lrs)}")
-    names = sorted({r["name"] for r in drawn}, key=list(ROWS).index)
+    names = sorted({r["name"] for r in drawn}, key=row_order)
     colour = {n: plt.get_cmap("tab20")(i % 20) for i, n in enumerate(names)}
     fig, axes = plt.subplots(2, len(lrs), figsize=(6.5 * len(lrs), 9), squeeze=False)
     classic = {(r["seed"], r.get("lr")): r["loss_at_updates"] for r in rows if r["name"] == CLASSIC}
