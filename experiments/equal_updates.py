@@ -6,7 +6,8 @@ same number of updates; valid loss at fixed update counts, test2016 BLEU at the 
         [--rows NAME ...] [--seeds 1 2] [--updates 2000] [--every 500] [--max-tokens 4096]
         [--lr NAME=LR ...] [--parallel 2] [--threads 1] [--bleu] [--json docs/benchmark.json]
         [--figure PNG] [--dry-run]
-    python -m experiments.equal_updates --render docs/benchmark.json [--figure PNG]
+    python -m experiments.equal_updates --render docs/benchmark.json [--by-seed | --by-lr U]
+        [--rows NAME ...] [--only-lr LR ...] [--figure PNG]
 
 Runs at equal updates do not depend on the machine's speed: --parallel of them may share it,
 --threads intra-op threads each. Each row's fairseq-train log is kept in OUT/NAME-seedS/; a
