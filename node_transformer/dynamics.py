@@ -44,6 +44,19 @@ class SolveDropout:
         return x * mask
 
 
+class AttentionRecord:
+    """Where the encoder-attention of a solve leaves its query, evaluation after evaluation.
+
+    fairseq's alignment (--print-alignment) is one attention map per layer; a solve evaluates
+    encoder-attention many times. The record keeps only the query of the latest evaluation
+    (a reference, no extra work), and the layer computes that evaluation's weights once after
+    the solve (NODEDecoderLayer): per-evaluation weights would cost every evaluation.
+    """
+
+    def __init__(self):
+        self.query: Optional[Tensor] = None
+
+
 class TransformerDynamics(nn.Module):
     """The sub-layers of a Transformer layer as an ODE right-hand side; a subclass decides
     how they are put together (``forward``).
@@ -106,7 +119,9 @@ class TransformerDynamics(nn.Module):
         return self.self_attn(x, x, x, key_padding_mask=self_padding_mask, incremental_state=state,
                               attn_mask=self_attn_mask, need_weights=False)[0]
 
-    def _encoder_attn(self, x, encoder_out, encoder_padding_mask, encoder_state=None):
+    def _encoder_attn(self, x, encoder_out, encoder_padding_mask, encoder_state=None, attn_record=None):
+        if attn_record is not None:
+            attn_record.query = x
         if encoder_state is not None:
             return self._encoder_attn_cached(x, encoder_out, encoder_padding_mask, encoder_state)
         return self.encoder_attn(x, encoder_out, encoder_out, key_padding_mask=encoder_padding_mask,
@@ -139,6 +154,14 @@ class TransformerDynamics(nn.Module):
         out = torch.bmm(weights, value).transpose(0, 1).reshape(tgt_len, rows, heads * dim)
         return att.out_proj(out)
 
+    def encoder_attention_weights(self, query: Tensor, encoder_out: Tensor,
+                                  encoder_padding_mask: Optional[Tensor]) -> Tensor:
+        """Encoder-attention weights of ``query`` (what an AttentionRecord kept), per head:
+        heads x Batch x Time x Source, the shape fairseq's decoder layers return."""
+        # static_kv, as fairseq's decoder layer calls it: fairseq's other path averages the heads.
+        return self.encoder_attn(query, encoder_out, encoder_out, key_padding_mask=encoder_padding_mask,
+                                 static_kv=True, need_weights=True, need_head_weights=True)[1]
+
     def _ffn(self, x, drop):
         x = drop("activation", self.activation_fn(self.fc1(x)), self.activation_dropout)
         return drop("ffn", self.fc2(x))
@@ -160,6 +183,7 @@ class StudyDynamics(TransformerDynamics):
         encoder_padding_mask: Optional[Tensor] = None,
         stage_cache=None,
         encoder_state: Optional[dict] = None,
+        attn_record: Optional[AttentionRecord] = None,
     ) -> Tensor:
         x = h
         if self.time_dependent:
@@ -168,7 +192,7 @@ class StudyDynamics(TransformerDynamics):
         if self.self_attn is not None:
             x = self.self_attn_norm(drop("self_attn", self._self_attn(x, self_attn_mask, self_padding_mask, stage_cache)))
         if self.encoder_attn is not None:
-            x = self.encoder_attn_norm(drop("encoder_attn", self._encoder_attn(x, encoder_out, encoder_padding_mask, encoder_state)))
+            x = self.encoder_attn_norm(drop("encoder_attn", self._encoder_attn(x, encoder_out, encoder_padding_mask, encoder_state, attn_record)))
         return self.ffn_norm(self._ffn(x, drop))
 
 
@@ -213,13 +237,14 @@ class PreNormDynamics(TransformerDynamics):
         encoder_padding_mask: Optional[Tensor] = None,
         stage_cache=None,
         encoder_state: Optional[dict] = None,
+        attn_record: Optional[AttentionRecord] = None,
     ) -> Tensor:
         x, f = h, None
         if self.self_attn is not None:
             f = drop("self_attn", self._self_attn(self.self_attn_norm(x), self_attn_mask, self_padding_mask, stage_cache))
             x = h + f
         if self.encoder_attn is not None:
-            a = drop("encoder_attn", self._encoder_attn(self.encoder_attn_norm(x), encoder_out, encoder_padding_mask, encoder_state))
+            a = drop("encoder_attn", self._encoder_attn(self.encoder_attn_norm(x), encoder_out, encoder_padding_mask, encoder_state, attn_record))
             f = a if f is None else f + a
             x = h + f
         a = self._ffn(self.ffn_norm(x), drop)

@@ -17,7 +17,7 @@ from fairseq.modules import LayerNorm, MultiheadAttention
 from torch import Tensor, nn
 
 from .config import NodeConfig
-from .dynamics import SolveDropout
+from .dynamics import AttentionRecord, SolveDropout
 from .incremental import StageCache, position_free
 from .ode_block import ODEBlock
 from .rk_blocks import GatedRK2Block, PredictorCorrectorBlock, RK2Gate
@@ -206,10 +206,24 @@ class NODEDecoderLayer(_NODELayer):
                     self.set_incremental_state(incremental_state, "stages", cache)
                 cache.begin()
                 inputs["stage_cache"] = cache
+        record = AttentionRecord() if need_attn or need_head_weights else None
+        if record is not None:
+            inputs["attn_record"] = record
         x = self.solve(x, padding_mask=self_attn_padding_mask, **inputs)
         if cache is not None:
             cache.end()
-        return x, None, None
+        return x, self._alignment(record, inputs, need_head_weights), None
+
+    def _alignment(self, record: Optional[AttentionRecord], inputs: dict, per_head: bool):
+        """fairseq's alignment of this layer: the encoder-attention weights of the solve's last
+        evaluation (for dopri5, first-same-as-last, f at the end of its last step; for one
+        Euler step the only one, where the block is fairseq's pre-norm layer), per head when
+        fairseq asks for head weights, else averaged over them as fairseq's layers do."""
+        if record is None or record.query is None:
+            return None
+        weights = self.block.dynamics.encoder_attention_weights(
+            record.query, inputs["encoder_out"], inputs["encoder_padding_mask"])
+        return weights if per_head else weights.mean(dim=0)
 
     def reorder_incremental_state(self, incremental_state, new_order):
         """Reorder this layer's caches with the beam (fairseq calls this on every module; the

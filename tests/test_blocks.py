@@ -78,9 +78,13 @@ def test_node_with_prenorm_euler_is_fairseqs_prenorm_transformer(data_dir, layer
     real = prev.ne(task.target_dictionary.pad())
     for m in (classic, node):
         m.train()  # dropout 0: training mode must not change anything either
-    full_classic, _ = classic(src["src_tokens"], src["src_lengths"], prev)
-    full_node, _ = node(src["src_tokens"], src["src_lengths"], prev)
+    full_classic, extra_classic = classic(src["src_tokens"], src["src_lengths"], prev)
+    full_node, extra_node = node(src["src_tokens"], src["src_lengths"], prev)
     torch.testing.assert_close(full_node[real], full_classic[real], rtol=0, atol=1e-9)
+    # fairseq's alignment (the last layer's encoder-attention, averaged over heads) too.
+    align_classic, align_node = extra_classic["attn"][0], extra_node["attn"][0]
+    assert align_node.shape == align_classic.shape == (*prev.shape, src["src_tokens"].size(1))
+    torch.testing.assert_close(align_node[real], align_classic[real], rtol=0, atol=1e-9)
     # A gradient step sees the same function too.
     full_node[real].sum().backward()
     full_classic[real].sum().backward()
@@ -94,6 +98,20 @@ def test_node_with_prenorm_euler_is_fairseqs_prenorm_transformer(data_dir, layer
         steps_classic, _, _ = step_by_step(classic, src, prev)
     torch.testing.assert_close(steps_node[real], steps_classic[real], rtol=0, atol=1e-9)
     torch.testing.assert_close(steps_node[real], full_node.detach()[real], rtol=0, atol=1e-9)
+    with torch.no_grad():
+        steps_align = [alignment_by_step(m, src, prev) for m in (node, classic)]
+    torch.testing.assert_close(steps_align[0][real], steps_align[1][real], rtol=0, atol=1e-9)
+    torch.testing.assert_close(steps_align[0][real], align_node.detach()[real], rtol=0, atol=1e-9)
+
+
+def alignment_by_step(model, src, prev):
+    """The decoder's alignment for each position, one position per call, as generation asks."""
+    enc = model.encoder(src["src_tokens"], src["src_lengths"])
+    state, rows = {}, []
+    for i in range(prev.size(1)):
+        _, extra = model.decoder(prev[:, : i + 1], encoder_out=enc, incremental_state=state)
+        rows.append(extra["attn"][0][:, -1])
+    return torch.stack(rows, dim=1)
 
 
 def _dynamics(width=8, torch_seed=0):

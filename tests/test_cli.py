@@ -95,9 +95,10 @@ def test_train_generate_interactive(data_bin, tmp_path, variant):
     ckpt = os.path.join(save, "checkpoint_best.pt")
     gen = cli("fairseq-generate", data, "--user-dir", USER_DIR, "--task", "node_translation",
               "--path", ckpt, "--gen-subset", "test", "--beam", "3", "--batch-size", "8",
-              "--max-len-b", "8", env=ENV)
+              "--max-len-b", "8", "--print-alignment", env=ENV)
     hyp_ids = sorted(int(m) for m in re.findall(r"^H-(\d+)\t", gen.stdout, re.M))
     assert hyp_ids == list(range(N_TEST))
+    check_alignments(gen.stdout, N_TEST)
     # the decoder's evaluations are logged per batch, with a running total
     totals = [int(t) for t in re.findall(r"generation NFE of the decoder: [\d.]+ per sentence, "
                                           r"\d+ for this batch of \d+, (\d+) so far", gen.stderr + gen.stdout)]
@@ -108,11 +109,25 @@ def test_train_generate_interactive(data_bin, tmp_path, variant):
         [os.path.join(os.path.dirname(sys.executable), "fairseq-interactive"), data,
          "--user-dir", USER_DIR, "--task", "node_translation", "--source-lang", "src",
          "--target-lang", "tgt", "--path", ckpt, "--beam", "2", "--buffer-size", "3",
-         "--batch-size", "3", "--max-len-b", "8"],
+         "--batch-size", "3", "--max-len-b", "8", "--print-alignment"],
         input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300,
         env=dict(os.environ, **ENV))
     assert inter.returncode == 0, inter.stderr[-2000:]
     assert len(re.findall(r"^H-\d+\t", inter.stdout, re.M)) == len(lines)
+    check_alignments(inter.stdout, len(lines))
+
+
+def check_alignments(stdout, sentences):
+    """fairseq's hard alignment lines (A-i): one per hypothesis, source-target index pairs
+    within the sentence's source (with its end of sentence) and hypothesis."""
+    sources = {int(i): len(s.split()) for i, s in re.findall(r"^S-(\d+)\t(.*)$", stdout, re.M)}
+    hyps = {int(i): len(h.split()) for i, h in re.findall(r"^H-(\d+)\t\S+\t(.*)$", stdout, re.M)}
+    aligns = dict(re.findall(r"^A-(\d+)\t(.*)$", stdout, re.M))
+    assert len(aligns) == sentences and set(map(int, aligns)) == set(hyps)
+    for i, pairs in aligns.items():
+        found = [tuple(map(int, p.split("-"))) for p in pairs.split()]
+        assert found, f"empty alignment for sentence {i}"
+        assert all(0 <= s <= sources[int(i)] and 0 <= t <= hyps[int(i)] for s, t in found)
 
 
 def test_resume_loads_checkpoint_without_env_vars(data_bin, tmp_path):
