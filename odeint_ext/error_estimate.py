@@ -86,6 +86,12 @@ def _part_tolerances(tol, parts: List[Tensor], is_tuple: bool, dtype: torch.dtyp
     return [torch.as_tensor(tol, dtype=dtype, device=device)] * len(parts)
 
 
+def _draws() -> random.Random:
+    """The reservoir's random numbers, seeded from torch's default generator: torch.manual_seed
+    fixes which step "local" draws (one draw from torch's generator per solve)."""
+    return random.Random(int(torch.randint(0, 2 ** 62, ()).item()))
+
+
 class ErrorEstimate:
     """Watches one solve (func's step callbacks and, for "global", the error norm) and gives its
     error estimate afterwards, as :attr:`SolveStats.local_error <odeint_ext.SolveStats>`."""
@@ -104,7 +110,7 @@ class ErrorEstimate:
         self.trials, self.accepted_last = 0, False
         self.first_f = self.last_f = self.f0 = None
         self.drawn: Optional[Tuple[Any, ...]] = None
-        self.rng = random.Random(int(torch.randint(0, 2 ** 62, ()).item())) if kind == "local" else None
+        self.rng = _draws() if kind == "local" else None
 
     def options(self, options: Optional[dict]) -> Optional[dict]:
         """``options`` with the error norm watched ("global"): the caller's norm or torchdiffeq's."""
@@ -171,6 +177,8 @@ class ErrorEstimate:
             found = self.total
         else:
             found = None if self.drawn is None else self._retake(call, *self.drawn)
+        # func's callbacks (closures over self) live as long as the adjoint's graph: let go
+        self.total = self.last_ratio = self.first_f = self.last_f = self.f0 = self.drawn = None
         if found is None:
             return torch.zeros((), dtype=ref.dtype, device=ref.device)
         return found.to(ref.dtype)
