@@ -185,10 +185,12 @@ class SolverSettings:
         if error_estimate is None:
             return
         if error_estimate not in ERROR_ESTIMATES:
-            raise SettingsError(f"error_estimate must be None, global or local, got {_v(repr(error_estimate))}")
+            raise SettingsError("error_estimate must be None, global or local, "
+                                f"got {_v(repr(error_estimate))}")
         if self.method not in ERROR_ESTIMATE_METHODS:
-            raise SettingsError(f"error_estimate {_v(error_estimate)} needs a {{method}} with an embedded "
-                                f"error estimate ({', '.join(ERROR_ESTIMATE_METHODS)}), got {_v(repr(self.method))}")
+            raise SettingsError(f"error_estimate {_v(error_estimate)} needs a {{method}} with an "
+                                f"embedded error estimate ({', '.join(ERROR_ESTIMATE_METHODS)}), "
+                                f"got {_v(repr(self.method))}")
         if error_estimate == "global" and self.backprop != "direct":
             raise SettingsError("error_estimate global needs {backprop} direct: the adjoint's forward "
                                 "solve keeps no graph to read it from; use error_estimate local")

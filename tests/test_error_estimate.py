@@ -117,8 +117,8 @@ def test_global_is_the_sum_of_the_controllers_accepted_ratios(method, case):
     assert stats.local_error.dim() == 0 and stats.local_error.requires_grad
     assert stats.local_error.item() == pytest.approx(sum(ratios), rel=1e-12)
     assert stats.nfe_error == 0
-    for a, b in zip(out if isinstance(out, tuple) else (out,), reference if isinstance(reference, tuple) else (reference,)):
-        assert torch.equal(a.detach(), b)  # the solve itself is unchanged
+    as_tuple = (lambda x: x if isinstance(x, tuple) else (x,))
+    assert all(torch.equal(a.detach(), b) for a, b in zip(as_tuple(out), as_tuple(reference)))  # solve unchanged
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -188,6 +188,7 @@ def test_gradients_match_finite_differences(kind):
             solve(f, y0, [0.0, 1.0], inputs={"drive": drive}, options=fixed_step(h), stats=stats,
                   error_estimate=kind, **FIXED)
             assert f.w is w and stats.local_error.item() > 1e-4
+            assert stats.nfe_forward == 1 + 3 * round(1 / h)  # every step of size h accepted
             return stats.local_error
 
         assert torch.autograd.gradcheck(estimate, (f.w, drive, y0), eps=1e-6, atol=1e-8, rtol=1e-5)
@@ -237,7 +238,7 @@ def test_a_few_steps_on_local_error_alone_lower_the_next_solves_nfe(solve):
 @SOLVES
 def test_methods_without_an_embedded_pair_are_refused(solve):
     for method in ("rk4", "euler", "explicit_adams", "scipy_solver"):
-        with pytest.raises(ValueError, match=rf"'{method}'.*|{method}") as e:
+        with pytest.raises(ValueError, match=f"method '{method}' has none") as e:
             solve(Dyn(), torch.ones(3, dtype=F64), [0.0, 1.0], method=method, error_estimate="local")
         assert all(m in str(e.value) for m in ERROR_ESTIMATE_METHODS)
     with pytest.raises(ValueError, match="None, 'global' or 'local'"):
