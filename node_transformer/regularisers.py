@@ -3,11 +3,17 @@ random end time (STEER, Ghosh et al. 2020).
 
 RNODE adds to the loss the kinetic energy  K = int ||f(t, h)||^2 dt  and the Jacobian
 Frobenius norm  J = int ||df/dh||_F^2 dt  (estimated with one Gaussian probe e per solve:
-||e^T df/dh||^2, Hutchinson's trick). Both integrals are solved with h as two extra scalar
-channels of the state, so they cost no extra evaluation of f; the Jacobian term costs one
-vector-Jacobian product per evaluation. Each is averaged over the real positions of the state
-(Time x Batch, pads left out): a sentence's penalty, and through the penalty channels in the
-solver's error norm its steps, must not depend on how much padding its batch has.
+||e^T df/dh||^2, Hutchinson's trick), each a sum over the real positions (Time x Batch, pads
+left out) of the block's state: coefficient C weighs C per position, per target token in the
+decoder and per source token (its end-of-sentence included) in the encoder. A sum, so that a
+batch's penalty is the sum of its sentences' penalties alone and batching changes neither the
+objective nor its gradient (exactly so on a fixed grid).
+
+Both integrals are solved with h as two extra scalar channels of the state, so they cost no
+extra evaluation of f; the Jacobian term costs one vector-Jacobian product per evaluation.
+The channels integrate the mean over the real positions, and the block multiplies by their
+number after the solve (the same integral on a fixed grid): the channels keep the scale of one
+position in the solver's error norm, whatever the batch's size or padding.
 """
 
 from __future__ import annotations

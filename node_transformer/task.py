@@ -38,7 +38,8 @@ from .config import NodeConfig
 from .metric_names import (BACKWARD, BATCHES, COUNTERS, CUDA_PEAK, DEFERRED, FIXED_STEP, FORWARD,
                            NFE_PREFIX, PENALTY_PREFIX, REPLAYED, SIDES, SKIPPED, VALID_COUNTERS,
                            nfe_key, penalty_key)
-from .ode_block import depth_blocks, fixed_step_fallback, record_backward_overruns, total_penalties
+from .ode_block import (depth_blocks, fixed_step_fallback, penalties_per_position,
+                        record_backward_overruns, total_penalties)
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,12 @@ def collect_nfe(model, backward: bool) -> Dict[str, int]:
 class PenalisedCriterion:
     """The criterion's loss plus the RNODE penalties of the last forward's solves.
 
-    fairseq sums the loss over the batch and divides the gradient by sample_size, so the
-    penalties are multiplied by sample_size: coefficient C weighs C per target token (per
-    sentence with --sentence-avg), whatever the batch size.
+    fairseq's criterion sums the loss over target tokens (and the trainer divides the gradient
+    by sample_size); the penalties are summed over the real positions of each block's state
+    likewise (ode_block.total_penalties), so that a batch's loss is the sum of its sentences'
+    losses alone: coefficient C weighs C per target token in the decoder and per source token
+    in the encoder, with or without --sentence-avg. Logged: each penalty per position, summed
+    over the blocks (ode_block.penalties_per_position).
     """
 
     def __init__(self, criterion):
@@ -95,13 +99,13 @@ class PenalisedCriterion:
         loss, sample_size, log = self.criterion(model, sample)
         total, logged = 0.0, {}
         terms = total_penalties(model)
+        shown = penalties_per_position(model)
         for name, coef in node_settings(model).regularisation().coefficients.items():
             if coef > 0 and name in terms:
-                term = terms[name]
-                total = total + coef * term
-                logged[penalty_key(name)] = float(term.detach())
+                total = total + coef * terms[name]
+                logged[penalty_key(name)] = shown[name]
         if logged:
-            loss = loss + total * sample_size
+            loss = loss + total
             log.update(logged)
         return loss, sample_size, log
 
