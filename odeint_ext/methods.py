@@ -12,6 +12,9 @@ FIXED_GRID_METHODS = (
 METHODS = ADAPTIVE_METHODS + FIXED_GRID_METHODS
 # torchdiffeq's own adaptive Runge-Kutta solvers: they take first_step, min_step and a norm.
 RK_ADAPTIVE_METHODS = tuple(m for m in ADAPTIVE_METHODS if m != "scipy_solver")
+# Methods whose step carries an embedded error estimate (a second, lower-order solution from the
+# same stages): torchdiffeq's adaptive Runge-Kutta ones. scipy's controller is out of reach.
+ERROR_ESTIMATE_METHODS = RK_ADAPTIVE_METHODS
 
 
 def is_adaptive(method: str) -> bool:

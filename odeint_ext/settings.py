@@ -15,8 +15,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .methods import (FIXED_GRID_METHODS, METHODS, RK_ADAPTIVE_METHODS, RK_STAGES, STEP_GROWTH,
-                      fixed_grid_evaluations, is_adaptive)
+from .error_estimate import ERROR_ESTIMATES
+from .methods import (ERROR_ESTIMATE_METHODS, FIXED_GRID_METHODS, METHODS, RK_ADAPTIVE_METHODS, RK_STAGES,
+                      STEP_GROWTH, fixed_grid_evaluations, is_adaptive)
 from .solve import SolveStats, odeint_adjoint_ext, odeint_ext
 
 BACKPROPS = ("adjoint", "direct")
@@ -177,17 +178,35 @@ class SolverSettings:
         return replace(self, method=method, steps=steps, max_nfe=None, first_step=None,
                        min_step=None, max_num_steps=None, seminorm=False)
 
+    def check_error_estimate(self, error_estimate: Optional[str]) -> None:
+        """SettingsError unless solves with these settings can give ``error_estimate`` (None,
+        "global" or "local"; see odeint_ext.error_estimate): an embedded-pair method, and
+        "global" only with direct backprop, whether or not a given solve needs gradients."""
+        if error_estimate is None:
+            return
+        if error_estimate not in ERROR_ESTIMATES:
+            raise SettingsError(f"error_estimate must be None, global or local, got {_v(repr(error_estimate))}")
+        if self.method not in ERROR_ESTIMATE_METHODS:
+            raise SettingsError(f"error_estimate {_v(error_estimate)} needs a {{method}} with an embedded "
+                                f"error estimate ({', '.join(ERROR_ESTIMATE_METHODS)}), got {_v(repr(self.method))}")
+        if error_estimate == "global" and self.backprop != "direct":
+            raise SettingsError("error_estimate global needs {backprop} direct: the adjoint's forward "
+                                "solve keeps no graph to read it from; use error_estimate local")
+
     def solve(self, func: Callable, y0, t: Optional[torch.Tensor] = None, *,
               inputs: Optional[Dict[str, Any]] = None, stats: Optional[SolveStats] = None,
-              norm: Optional[Callable] = None, enforce_budget: bool = True):
+              norm: Optional[Callable] = None, enforce_budget: bool = True,
+              error_estimate: Optional[str] = None):
         """Solve with these settings: the adjoint when ``backprop`` is "adjoint" and gradients
         are needed, else directly (evaluation needs no backward). ``t`` (default ``ts``) lets a
         caller move the times, as STEER does. ``enforce_budget=False``: ``func`` enforces
-        ``max_nfe`` itself, in its own way."""
+        ``max_nfe`` itself, in its own way. ``error_estimate``: see :meth:`check_error_estimate`;
+        the estimate goes to ``stats.local_error``."""
+        self.check_error_estimate(error_estimate)
         t = self.ts if t is None else t
         kwargs = dict(rtol=self.rtol, atol=self.atol, method=self.method,
                       options=self.options(norm), stats=stats, inputs=inputs,
-                      max_nfe=self.max_nfe if enforce_budget else None)
+                      max_nfe=self.max_nfe if enforce_budget else None, error_estimate=error_estimate)
         if self.backprop == "adjoint" and torch.is_grad_enabled():
             return odeint_adjoint_ext(func, y0, t, adjoint_seminorm=self.seminorm, **kwargs)
         return odeint_ext(func, y0, t, **kwargs)

@@ -24,6 +24,7 @@ from torchdiffeq import odeint as _odeint
 from torchdiffeq import odeint_adjoint as _odeint_adjoint
 from torchdiffeq import odeint_event as _odeint_event
 
+from .error_estimate import ErrorEstimate, check_error_estimate
 from .errors import MaxNFEExceeded, NonFiniteStateError, ODESolveError
 from .methods import is_adaptive
 
@@ -49,10 +50,18 @@ def _raised_by_torchdiffeq(e: BaseException) -> bool:
 
 @dataclass
 class SolveStats:
-    """Function evaluations of one solve. ``nfe_backward`` grows while the adjoint backward runs."""
+    """Function evaluations of one solve. ``nfe_backward`` grows while the adjoint backward runs.
+
+    ``local_error``: the solve's error estimate when one was asked for (``error_estimate=``), a
+    scalar tensor with a gradient; ``nfe_error``: the evaluations that estimate made (the
+    "local" one re-takes a step after the solve; those are in neither ``nfe_forward`` nor
+    ``max_nfe``).
+    """
 
     nfe_forward: int = 0
     nfe_backward: int = 0
+    nfe_error: int = 0
+    local_error: Optional[Tensor] = None
     # Last time at which the dynamics were evaluated (a tensor: reading it needs no sync
     # until someone asks for the number).
     t_last: Optional[Tensor] = field(default=None, repr=False)
@@ -97,8 +106,9 @@ class _BoundDynamics(nn.Module):
         self.inputs = inputs
         self.stats = stats
         self.max_nfe = max_nfe
-        self.phase = "forward"
+        self.phase = "forward"  # "backward" during the adjoint's, "error" re-taking a step
         self.pass_nfe = 0  # evaluations of the current backward pass
+        self.observer: Optional[Callable] = None  # sees each forward evaluation's value
         self.autocast = _autocast_state()
         for name in CALLBACK_NAMES:
             callback = getattr(func, name, None)
@@ -107,6 +117,9 @@ class _BoundDynamics(nn.Module):
 
     def forward(self, t: Tensor, y: State):
         stats = self.stats
+        if self.phase == "error":  # outside the solve and its budget: a fixed number of stages
+            stats.nfe_error += 1
+            return self.func(t, y, **self.inputs)
         if self.phase == "forward":
             stats.nfe_forward += 1
             nfe = stats.nfe_forward
@@ -118,7 +131,10 @@ class _BoundDynamics(nn.Module):
         if self.max_nfe is not None and nfe > self.max_nfe:
             raise MaxNFEExceeded(nfe, float(t.detach()), self.max_nfe, self.phase)
         if self.phase == "forward":
-            return self.func(t, y, **self.inputs)
+            f = self.func(t, y, **self.inputs)
+            if self.observer is not None:
+                self.observer(f)
+            return f
         with _autocast_as(self.autocast):
             return self.func(t, y, **self.inputs)
 
@@ -321,8 +337,30 @@ def _solve(solver: Callable, *args, event: bool = False, **kwargs):
 
 def _start(stats: Optional[SolveStats]) -> SolveStats:
     stats = SolveStats() if stats is None else stats
+    stats.local_error = None  # the estimate of this solve, if it asks for one
     _last.stats = stats
     return stats
+
+
+def _watch(error_estimate: Optional[str], method: str, dyn: _BoundDynamics, y0: State, t: Tensor,
+           rtol, atol, options: Optional[dict]) -> Optional[ErrorEstimate]:
+    """What watches the solve for its error estimate, attached to ``dyn`` (None: not asked)."""
+    if error_estimate is None:
+        return None
+    estimate = ErrorEstimate(error_estimate, method, y0, t, rtol, atol, options)
+    estimate.attach(dyn)
+    return estimate
+
+
+def _estimate_error(estimate: Optional[ErrorEstimate], func: Callable, inputs: Dict[str, Any],
+                    stats: SolveStats) -> None:
+    """``stats.local_error`` after the solve; a re-taken step's evaluations see the caller's
+    inputs themselves (not the adjoint's aliases) and count in ``nfe_error``."""
+    if estimate is None:
+        return
+    call = _BoundDynamics(func, inputs, stats, None)
+    call.phase = "error"
+    stats.local_error = estimate.value(call)
 
 
 def odeint_ext(
@@ -338,17 +376,92 @@ def odeint_ext(
     event_fn: Optional[Callable] = None,
     max_nfe: Optional[int] = None,
     stats: Optional[SolveStats] = None,
+    error_estimate: Optional[str] = None,
 ):
     """Solve dy/dt = func(t, y, **inputs) and backpropagate through the solver's operations.
 
     torchdiffeq's ``odeint`` with extra inputs: returns the states at every time in ``t``, or
     ``(event_t, solution)`` with ``event_fn``, as torchdiffeq does. NFE goes to ``stats`` (or a
     new SolveStats, see :func:`last_stats`); no evaluation past ``max_nfe`` runs.
+    ``error_estimate`` ("global" or "local", methods with an embedded pair): the solver's error
+    estimate, differentiable, in ``stats.local_error`` (see :mod:`odeint_ext.error_estimate`).
     """
     method = _validate(method, rtol, atol, max_nfe)
-    dyn = _BoundDynamics(func, dict(inputs or {}), _start(stats), max_nfe)
-    return _solve(_odeint, dyn, y0, _as_time(t, y0), rtol=rtol, atol=atol, method=method,
-                  options=options, event_fn=event_fn, event=event_fn is not None)
+    check_error_estimate(error_estimate, method)
+    inputs, stats, t = dict(inputs or {}), _start(stats), _as_time(t, y0)
+    dyn = _BoundDynamics(func, inputs, stats, max_nfe)
+    estimate = _watch(error_estimate, method, dyn, y0, t, rtol, atol, options)
+    if estimate is not None:
+        options = estimate.options(options)
+    out = _solve(_odeint, dyn, y0, t, rtol=rtol, atol=atol, method=method,
+                 options=options, event_fn=event_fn, event=event_fn is not None)
+    _estimate_error(estimate, func, inputs, stats)
+    return out
+
+
+def _adjoint_options(method: str, options: Optional[dict], adjoint_method: Optional[str],
+                     adjoint_options: Optional[dict], seminorm: bool) -> Tuple[str, Optional[dict]]:
+    """The backward's method and options (torchdiffeq's defaults, or the seminorm's)."""
+    adjoint_method = method if adjoint_method is None else adjoint_method
+    if seminorm:
+        if not is_adaptive(adjoint_method):
+            raise ValueError(f"adjoint_seminorm needs an adaptive adjoint_method, got {adjoint_method!r}")
+        # torchdiffeq inherits the forward options only when adjoint_options is None;
+        # once we pass our own, carry the forward ones (max_num_steps, min_step, ...) over.
+        base = adjoint_options if adjoint_options is not None else (options or {})
+        adjoint_options = {k: v for k, v in base.items() if k != "norm"}
+        adjoint_options["norm"] = "seminorm"
+    return adjoint_method, adjoint_options
+
+
+def _adjoint_tensors(func: Callable, inputs: Dict[str, Any],
+                     adjoint_params: Optional[Sequence[Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
+    """The inputs' own tensors (they get aliases), and the tensors the dynamics read by attribute
+    or closure, used as they are (torchdiffeq's order first: adjoint_params, else func's
+    parameters; then the parameters of modules among the inputs)."""
+    module_params: List[Tensor] = []
+    input_tensors = _unique(_grad_tensors(inputs, [], module_params))
+    own = list(adjoint_params) if adjoint_params is not None else []
+    func_params = list(func.parameters()) if isinstance(func, nn.Module) else []
+    kept = _unique(p for p in own + func_params + module_params if p.requires_grad)
+    for i, p in enumerate(kept):
+        if p.grad_fn is not None and _history_reaches(p, kept[:i] + kept[i + 1:]):
+            raise ValueError(
+                "an adjoint parameter that func reads by closure is computed from another adjoint "
+                "parameter; the adjoint would count the gradient through it twice: pass it to func "
+                "in `inputs` instead")
+    return input_tensors, kept
+
+
+def _adjoint_run(dyn: _BoundDynamics, inputs: Dict[str, Any], input_tensors: List[Tensor], y0: State,
+                 event: bool, solver_kwargs: Dict[str, Any]) -> Callable:
+    """The solve :class:`_NestedAdjoint` runs over its leaves (y0's parts, t, the inputs' aliases,
+    the kept tensors): torchdiffeq's odeint_adjoint with the aliases among its adjoint
+    parameters, a tuple state's solution as one flat tensor (split again by _adjoint_solution)."""
+    is_tuple = isinstance(y0, tuple)
+    n_y0, n_in = len(y0) if is_tuple else 1, len(input_tensors)
+    dims = y0[0].dim() if is_tuple else y0.dim()
+
+    def run(leaves):
+        y0_ = tuple(leaves[:n_y0]) if is_tuple else leaves[0]
+        aliases = leaves[n_y0 + 1:n_y0 + 1 + n_in]
+        dyn.inputs = _swap_tensors(inputs, {id(x): a for x, a in zip(input_tensors, aliases)})
+        out = _odeint_adjoint(dyn, y0_, leaves[n_y0], **solver_kwargs,
+                              adjoint_params=tuple(leaves[n_y0 + 1 + n_in:]) + tuple(aliases))
+        event_t, solution = out if event else (None, out)
+        if is_tuple:
+            lead = solution[0].shape[:solution[0].dim() - dims]
+            solution = torch.cat([p.reshape(*lead, -1) for p in solution], dim=-1)
+        return tuple(([event_t] if event_t is not None else []) + [solution])
+
+    return run
+
+
+def _adjoint_solution(flat: Tuple[Tensor, ...], y0: State, event: bool):
+    """odeint_adjoint_ext's answer from _NestedAdjoint's outputs."""
+    event_t, parts = (flat[0], flat[1:]) if event else (None, flat)
+    solution = _split(parts[0], [p.shape for p in y0]) if isinstance(y0, tuple) else parts[0]
+    return solution if event_t is None else (event_t, solution)
 
 
 def odeint_adjoint_ext(
@@ -370,6 +483,7 @@ def odeint_adjoint_ext(
     adjoint_seminorm: bool = False,
     max_nfe: Optional[int] = None,
     stats: Optional[SolveStats] = None,
+    error_estimate: Optional[str] = None,
 ):
     """Like :func:`odeint_ext`, with the adjoint backward: memory flat in the number of steps.
 
@@ -378,65 +492,24 @@ def odeint_adjoint_ext(
     (torchdiffeq's argument, here added to the rest). ``adjoint_seminorm`` drops the
     parameter-gradient channels from the backward's error norm (Kidger et al. 2021).
     ``max_nfe`` bounds the forward solve and each backward pass, each on its own.
+    ``error_estimate``: "local" only (the forward solve keeps no graph to read "global" from).
     """
     method = _validate(method, rtol, atol, max_nfe)
-    adjoint_method = method if adjoint_method is None else adjoint_method
-    if adjoint_seminorm:
-        if not is_adaptive(adjoint_method):
-            raise ValueError(f"adjoint_seminorm needs an adaptive adjoint_method, got {adjoint_method!r}")
-        # torchdiffeq inherits the forward options only when adjoint_options is None;
-        # once we pass our own, carry the forward ones (max_num_steps, min_step, ...) over.
-        base = adjoint_options if adjoint_options is not None else (options or {})
-        adjoint_options = {k: v for k, v in base.items() if k != "norm"}
-        adjoint_options["norm"] = "seminorm"
-
-    inputs = dict(inputs or {})
-    dyn = _BoundDynamics(func, inputs, _start(stats), max_nfe)
-    t = _as_time(t, y0)
-
-    # Tensors the dynamics read by attribute or closure are used as they are (torchdiffeq's
-    # order first: adjoint_params, else func's parameters); the inputs' own tensors get aliases.
-    module_params: List[Tensor] = []
-    input_tensors = _unique(_grad_tensors(inputs, [], module_params))
-    own = list(adjoint_params) if adjoint_params is not None else []
-    func_params = list(func.parameters()) if isinstance(func, nn.Module) else []
-    kept = _unique(p for p in own + func_params + module_params if p.requires_grad)
-    for i, p in enumerate(kept):
-        if p.grad_fn is not None and _history_reaches(p, kept[:i] + kept[i + 1:]):
-            raise ValueError(
-                "an adjoint parameter that func reads by closure is computed from another adjoint "
-                "parameter; the adjoint would count the gradient through it twice: pass it to func "
-                "in `inputs` instead")
-
-    is_tuple = isinstance(y0, tuple)
-    y0_parts = list(y0) if is_tuple else [y0]
-    aliased = y0_parts + [t] + input_tensors
-    n_y0, n_in = len(y0_parts), len(input_tensors)
-
-    def run(leaves):
-        y0_ = tuple(leaves[:n_y0]) if is_tuple else leaves[0]
-        t_ = leaves[n_y0]
-        input_aliases = leaves[n_y0 + 1:n_y0 + 1 + n_in]
-        dyn.inputs = _swap_tensors(inputs, {id(x): a for x, a in zip(input_tensors, input_aliases)})
-        out = _odeint_adjoint(
-            dyn, y0_, t_, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn,
-            adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-            adjoint_options=adjoint_options,
-            adjoint_params=tuple(leaves[n_y0 + 1 + n_in:]) + tuple(input_aliases),
-        )
-        event_t, solution = out if event_fn is not None else (None, out)
-        if is_tuple:  # one flat output, split below as torchdiffeq splits its own
-            lead = solution[0].shape[:solution[0].dim() - y0_parts[0].dim()]
-            solution = torch.cat([p.reshape(*lead, -1) for p in solution], dim=-1)
-        return tuple(([event_t] if event_t is not None else []) + [solution])
-
+    check_error_estimate(error_estimate, method, adjoint=True)
+    adjoint_method, adjoint_options = _adjoint_options(method, options, adjoint_method,
+                                                       adjoint_options, adjoint_seminorm)
+    inputs, stats, t = dict(inputs or {}), _start(stats), _as_time(t, y0)
+    dyn = _BoundDynamics(func, inputs, stats, max_nfe)
+    estimate = _watch(error_estimate, method, dyn, y0, t, rtol, atol, options)
+    input_tensors, kept = _adjoint_tensors(func, inputs, adjoint_params)
+    run = _adjoint_run(dyn, inputs, input_tensors, y0, event_fn is not None, dict(
+        rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn,
+        adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+        adjoint_options=adjoint_options))
+    aliased = (list(y0) if isinstance(y0, tuple) else [y0]) + [t] + input_tensors
     flat = _solve(_NestedAdjoint.apply, dyn, run, len(aliased), *aliased, *kept)
-    if event_fn is not None:
-        event_t, parts = flat[0], flat[1:]
-    else:
-        event_t, parts = None, flat
-    solution = _split(parts[0], [p.shape for p in y0_parts]) if is_tuple else parts[0]
-    return solution if event_t is None else (event_t, solution)
+    _estimate_error(estimate, func, inputs, stats)
+    return _adjoint_solution(flat, y0, event_fn is not None)
 
 
 def odeint_event_ext(
