@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Tuple
 from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 
-from odeint_ext import METHODS, RK_ADAPTIVE_METHODS, SettingsError, SolverSettings
+from odeint_ext import ERROR_ESTIMATE_METHODS, METHODS, SettingsError, SolverSettings
 
 from .dynamics import DYNAMICS, OUTPUT_INITS
 from .incremental import DECODING_MODES
@@ -248,9 +248,9 @@ class NodeConfig(FairseqDataclass):
             if "node_error_estimate" in self.changed():
                 raise NodeArgumentError("--node-error-estimate applies with --node-error-penalty only")
             return
-        if self.node_method not in RK_ADAPTIVE_METHODS:
+        if self.node_method not in ERROR_ESTIMATE_METHODS:
             raise NodeArgumentError(f"--node-error-penalty needs a method with an embedded error "
-                                    f"estimate ({', '.join(RK_ADAPTIVE_METHODS)}), got "
+                                    f"estimate ({', '.join(ERROR_ESTIMATE_METHODS)}), got "
                                     f"--node-method {self.node_method}")
         if self.node_error_estimate == "global" and self.node_backprop == "adjoint":
             raise NodeArgumentError("--node-error-estimate global needs --node-backprop direct (the "

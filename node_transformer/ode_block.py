@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from odeint_ext import RK_ADAPTIVE_METHODS, MaxNFEExceeded, SolverSettings, SolveStats
+from odeint_ext import ERROR_ESTIMATE_METHODS, MaxNFEExceeded, SolverSettings, SolveStats
 
 from .incremental import staged
 from .regularisers import PenalisedDynamics, Regularisation
@@ -244,7 +244,7 @@ class ODEBlock(DepthBlock):
                 inputs = dict(inputs, probe=torch.randn_like(h0))
         # The fixed-step fallback (rk4) has no error estimate: its solves go unpenalised.
         estimate = (self.reg.error_estimate if training and self.reg.error > 0
-                    and s.method in RK_ADAPTIVE_METHODS else None)
+                    and s.method in ERROR_ESTIMATE_METHODS else None)
         # The budget is _SolverView's: a backward over it finishes when overruns are recorded.
         out = s.solve(func, y0, ts, inputs=inputs, stats=stats, norm=norm, enforce_budget=False,
                       error_estimate=estimate)

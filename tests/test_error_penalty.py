@@ -110,7 +110,7 @@ def data_bin(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
     raw, out = root / "raw", root / "bin"
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_toy_data.py"), str(raw),
-                    "--train", "120", "--valid", "10", "--test", "4", "--max-len", "6"],
+                    "--train", "40", "--valid", "8", "--test", "4", "--max-len", "6"],
                    check=True, capture_output=True)
     cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
         "--trainpref", str(raw / "train"), "--validpref", str(raw / "valid"),
@@ -133,7 +133,7 @@ def test_fairseq_train_logs_each_sides_error(data_bin, tmp_path):
         data_bin, save, MODEL, "--node-encoder", "--node-decoder", "--node-error-penalty", "0.1",
         "--node-error-estimate", "global", "--node-backprop", "direct",
         lr=5e-3, max_tokens=400, epochs=1,
-        log=("--log-format", "json", "--log-interval", "2", "--tensorboard-logdir",
+        log=("--log-format", "json", "--log-interval", "1", "--tensorboard-logdir",
              os.path.join(save, "tb"))), env=ENV)
     inner, epoch, valid = records(proc, "train_inner"), records(proc, "train"), records(proc, "valid")
     assert inner and len(epoch) == 1 and len(valid) == 1
