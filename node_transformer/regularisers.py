@@ -23,7 +23,8 @@ weighs W per token as C does. The ratio is a norm over all the batch's real posi
 the whole batch chose, so it cannot be additive over sentences: each token of a batch weighs
 the batch's ratio (an RMS over its positions), i.e. a sentence of n tokens adds W n e, e its
 batch's ratio, where alone it would add W n e_alone. Per token rather than per sentence:
-against the criterion's per-token loss W keeps its weight whatever the lengths.
+against the criterion's per-token loss W keeps its weight whatever the lengths. With K or J
+on, the ratio is the controller's over the whole state: the larger of h's and the channels'.
 """
 
 from __future__ import annotations
