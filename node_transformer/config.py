@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Tuple
 from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 
-from odeint_ext import METHODS, SettingsError, SolverSettings
+from odeint_ext import ERROR_ESTIMATE_METHODS, METHODS, SettingsError, SolverSettings
 
 from .dynamics import DYNAMICS, OUTPUT_INITS
 from .incremental import DECODING_MODES
@@ -26,6 +26,7 @@ from .regularisers import Regularisation
 from .rk_blocks import BLOCKS, PC_ORDERS
 
 ON_BUDGET = ("error", "skip", "fixed-step", "defer")
+ERROR_ESTIMATES = ("local", "global")
 
 
 class NodeArgumentError(ValueError):
@@ -163,6 +164,15 @@ class NodeConfig(FairseqDataclass):
     node_steer_b: float = _node(
         0.0, "STEER: in training, draw the end time from U(T-B, T+B) per solve (default 0)",
         check=_at_least(0))
+    node_error_penalty: float = _node(
+        0.0, "add W x the solver's error estimate (--node-error-estimate) per token to the "
+             "training loss (default 0); adaptive methods with an embedded error pair",
+        check=_at_least(0))
+    node_error_estimate: str = _node(
+        "local", "--node-error-penalty: local (default: one accepted step, drawn at random, "
+                 "taken again with gradient) or global (the error ratios of every accepted "
+                 "step, summed; --node-backprop direct only)",
+        check=_one_of(ERROR_ESTIMATES, listed=False))
 
     # -- flags and namespaces ------------------------------------------------------------
 
@@ -223,6 +233,7 @@ class NodeConfig(FairseqDataclass):
             raise NodeArgumentError(f"--node-max-nfe {self.node_max_nfe} is below the {fewest} "
                                     f"evaluations every solve with {given} makes: no batch could "
                                     "pass it (0 = unbounded)")
+        self._check_error_penalty()
         if self.node_steer_b >= ts[-1] - ts[-2]:
             raise NodeArgumentError(f"--node-steer-b {self.node_steer_b} must be smaller than the "
                                     f"last interval of --node-ts ({ts[-1] - ts[-2]:g})")
@@ -231,6 +242,19 @@ class NodeConfig(FairseqDataclass):
             raise NodeArgumentError(f"{flags} given without --node-encoder or --node-decoder: "
                                     "no ODE block would use it")
         return self
+
+    def _check_error_penalty(self) -> None:
+        if self.node_error_penalty == 0:
+            if "node_error_estimate" in self.changed():
+                raise NodeArgumentError("--node-error-estimate applies with --node-error-penalty only")
+            return
+        if self.node_method not in ERROR_ESTIMATE_METHODS:
+            raise NodeArgumentError(f"--node-error-penalty needs a method with an embedded error "
+                                    f"estimate ({', '.join(ERROR_ESTIMATE_METHODS)}), got "
+                                    f"--node-method {self.node_method}")
+        if self.node_error_estimate == "global" and self.node_backprop == "adjoint":
+            raise NodeArgumentError("--node-error-estimate global needs --node-backprop direct (the "
+                                    "adjoint keeps no graph of the forward's steps): use local")
 
     def _check_block(self) -> None:
         """A learned RK block takes one step of its own scheme: the solver's and the penalties'
@@ -244,7 +268,8 @@ class NodeConfig(FairseqDataclass):
         solver_only = [f.name for f in self.node_fields()
                        if ("solver" in f.metadata and f.name != "node_ts")
                        or f.name in ("node_on_budget", "node_fallback_steps", "node_kinetic_energy",
-                                     "node_jacobian_norm", "node_steer_b")]
+                                     "node_jacobian_norm", "node_steer_b", "node_error_penalty",
+                                     "node_error_estimate")]
         given = [name for name in self.changed() if name in solver_only]
         if given:
             raise NodeArgumentError(f"{', '.join(flag(n) for n in given)} appl"
@@ -269,7 +294,8 @@ class NodeConfig(FairseqDataclass):
 
     def regularisation(self) -> Regularisation:
         return Regularisation(kinetic=self.node_kinetic_energy, jacobian=self.node_jacobian_norm,
-                              steer_b=self.node_steer_b)
+                              steer_b=self.node_steer_b, error=self.node_error_penalty,
+                              error_estimate=self.node_error_estimate)
 
     @property
     def dynamics_class(self):

@@ -43,5 +43,16 @@ def penalty_key(name: str) -> str:
 
 PENALTY_KEYS = tuple(penalty_key(n) for n in PENALTY_NAMES)
 
+# --node-error-penalty: the solver's error estimate per batch (summed over a side's blocks, per
+# side as the NFE; training only): err_enc, err_dec.
+ERROR_PREFIX = "err_"
+
+
+def error_key(tag: str) -> str:
+    return ERROR_PREFIX + tag
+
+
+ERROR_KEYS = tuple(error_key(tag) for _, tag in SIDES)
+
 BATCHES = "node_batches"  # batches whose NFE a log holds: the divisor of the NFE means
 CUDA_PEAK = "cuda_peak_mb"  # largest CUDA memory allocated in the interval, in MiB

@@ -4,7 +4,8 @@ The block holds its solver settings (odeint_ext.SolverSettings), the NFE record 
 RNODE/STEER options; the dynamics f live in dynamics.py, the penalties' rates in
 regularisers.py. What a training loop needs of the blocks of a model is offered here:
 :func:`ode_blocks`, :meth:`ODEBlock.reset_record` / :meth:`ODEBlock.nfe_record`,
-:func:`fixed_step_fallback`, :func:`record_backward_overruns`, :func:`total_penalties`.
+:func:`fixed_step_fallback`, :func:`record_backward_overruns`, :func:`total_penalties`,
+:func:`penalties_per_position`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from odeint_ext import MaxNFEExceeded, SolverSettings, SolveStats
+from odeint_ext import ERROR_ESTIMATE_METHODS, MaxNFEExceeded, SolverSettings, SolveStats
 
 from .incremental import staged
 from .regularisers import PenalisedDynamics, Regularisation
@@ -111,12 +112,24 @@ def fixed_step_fallback(model: nn.Module, steps: int):
 
 
 def total_penalties(model: nn.Module) -> Dict[str, Tensor]:
-    """The RNODE penalties of the last forward, each summed over the blocks that integrated it."""
+    """The penalties of the last forward as the loss takes them: each summed over the real
+    positions of every block that integrated it (additive over sentences)."""
     terms: Dict[str, list] = {}
     for b in ode_blocks(model):
         for name, value in b.penalties.items():
-            terms.setdefault(name, []).append(value)
+            terms.setdefault(name, []).append(value * b.positions)
     return {name: sum(values) for name, values in terms.items()}
+
+
+def penalties_per_position(module: Optional[nn.Module]) -> Dict[str, float]:
+    """The penalties of the last forward as the logs show them: each block's mean over its
+    real positions (the error estimate: its ratio), summed over the blocks of ``module``
+    (a model or one side; None: none), comparable whatever the batch's size."""
+    terms: Dict[str, float] = {}
+    for b in ode_blocks(module):
+        for name, value in b.penalties.items():
+            terms[name] = terms.get(name, 0.0) + float(value.detach())
+    return terms
 
 
 @contextmanager
@@ -144,7 +157,8 @@ class DepthBlock(nn.Module):
     def __init__(self):
         super().__init__()
         self.solves: deque = deque(maxlen=64)
-        self.penalties: Dict[str, Tensor] = {}
+        self.penalties: Dict[str, Tensor] = {}  # per real position of the state
+        self.positions: Optional[Tensor] = None  # how many real positions ``penalties`` are of
 
     def reset_record(self) -> None:
         """Forget the solves so far: :meth:`nfe_record` counts from here."""
@@ -171,9 +185,10 @@ class ODEBlock(DepthBlock):
     The adjoint is used only when gradients are needed; evaluation and generation solve
     without it. Each solve's SolveStats is kept (the last few in ``solves``): their sum since
     :meth:`reset_record` is :meth:`nfe_record`. In training with RNODE coefficients,
-    ``penalties`` holds the last solve's integrated K and J (:func:`total_penalties` sums
-    them over a model). ``fallback`` (set by :func:`fixed_step_fallback`) replaces ``solver``
-    while it is not None.
+    ``penalties`` holds the last solve's integrated K and J per real position (and with
+    --node-error-penalty its error estimate, "error") and ``positions`` their number
+    (:func:`total_penalties` sums them over positions and blocks). ``fallback`` (set by
+    :func:`fixed_step_fallback`) replaces ``solver`` while it is not None.
     """
 
     def __init__(self, dynamics: nn.Module, solver: SolverSettings,
@@ -219,18 +234,29 @@ class ODEBlock(DepthBlock):
                 norm = _RealPositionsNorm(keep)
         ts = self._times(h0)
         func, y0 = _SolverView(self.dynamics, dtype, stats, s.max_nfe, self.overruns), h0
-        penalised = self.training and self.reg.integrates_penalties and torch.is_grad_enabled()
-        if penalised:
+        training = self.training and torch.is_grad_enabled()
+        channels = training and self.reg.integrates_penalties
+        if channels:
             jacobian = self.reg.jacobian > 0
             func = PenalisedDynamics(func, jacobian)
             y0 = (h0, h0.new_zeros(1), h0.new_zeros(1))
             if jacobian:
                 inputs = dict(inputs, probe=torch.randn_like(h0))
+        # The fixed-step fallback (rk4) has no error estimate: its solves go unpenalised.
+        estimate = (self.reg.error_estimate if training and self.reg.error > 0
+                    and s.method in ERROR_ESTIMATE_METHODS else None)
         # The budget is _SolverView's: a backward over it finishes when overruns are recorded.
-        out = s.solve(func, y0, ts, inputs=inputs, stats=stats, norm=norm, enforce_budget=False)
-        if not penalised:
-            self.penalties = {}
-            return out[-1].to(dtype)
-        h, kinetic, jac = (x[-1] for x in out)
-        self.penalties = {"kinetic": kinetic[0], "jacobian": jac[0]}
-        return h.to(dtype)
+        out = s.solve(func, y0, ts, inputs=inputs, stats=stats, norm=norm, enforce_budget=False,
+                      error_estimate=estimate)
+        self.penalties = {}
+        if channels:
+            out, kinetic, jac = (x[-1] for x in out)
+            self.penalties.update(kinetic=kinetic[0], jacobian=jac[0])
+        else:
+            out = out[-1]
+        if estimate is not None:
+            self.penalties["error"] = stats.local_error
+        if self.penalties:
+            keep = inputs.get("keep")
+            self.positions = keep.sum() if keep is not None else h0.new_tensor(float(h0[..., 0].numel()))
+        return out.to(dtype)

@@ -1,13 +1,30 @@
-"""Penalties that keep learned dynamics cheap to solve (RNODE, Finlay et al. 2020) and a
-random end time (STEER, Ghosh et al. 2020).
+"""Penalties that keep learned dynamics cheap to solve (RNODE, Finlay et al. 2020; the
+solver's error estimate, Pal et al.) and a random end time (STEER, Ghosh et al. 2020).
 
 RNODE adds to the loss the kinetic energy  K = int ||f(t, h)||^2 dt  and the Jacobian
 Frobenius norm  J = int ||df/dh||_F^2 dt  (estimated with one Gaussian probe e per solve:
-||e^T df/dh||^2, Hutchinson's trick). Both integrals are solved with h as two extra scalar
-channels of the state, so they cost no extra evaluation of f; the Jacobian term costs one
-vector-Jacobian product per evaluation. Each is averaged over the real positions of the state
-(Time x Batch, pads left out): a sentence's penalty, and through the penalty channels in the
-solver's error norm its steps, must not depend on how much padding its batch has.
+||e^T df/dh||^2, Hutchinson's trick), each a sum over the real positions (Time x Batch, pads
+left out) of the block's state: coefficient C weighs C per position, per target token in the
+decoder and per source token (its end-of-sentence included) in the encoder. A sum, so that a
+batch's penalty is the sum of its sentences' penalties alone and batching changes neither the
+objective nor its gradient (exactly so on a fixed grid).
+
+Both integrals are solved with h as two extra scalar channels of the state, so they cost no
+extra evaluation of f; the Jacobian term costs one vector-Jacobian product per evaluation.
+The channels integrate the mean over the real positions, and the block multiplies by their
+number after the solve (the same integral on a fixed grid): the channels keep the scale of one
+position in the solver's error norm, whatever the batch's size or padding.
+
+The error penalty (Pal, Edelman and Rackauckas 2023; "global": ERNODE, 2021) adds W x the
+solver's own error estimate (odeint_ext's ``stats.local_error``: the error ratio that the
+step-size controller compares with 1, of one accepted step drawn at random, "local", or summed
+over every accepted step, "global"), times the real positions of the block's state, so that W
+weighs W per token as C does. The ratio is a norm over all the batch's real positions at steps
+the whole batch chose, so it cannot be additive over sentences: each token of a batch weighs
+the batch's ratio (an RMS over its positions), i.e. a sentence of n tokens adds W n e, e its
+batch's ratio, where alone it would add W n e_alone. Per token rather than per sentence:
+against the criterion's per-token loss W keeps its weight whatever the lengths. With K or J
+on, the ratio is the controller's over the whole state: the larger of h's and the channels'.
 """
 
 from __future__ import annotations
@@ -27,15 +44,22 @@ class Regularisation:
     kinetic: float = 0.0  # coefficient of K (--node-kinetic-energy)
     jacobian: float = 0.0  # coefficient of J (--node-jacobian-norm)
     steer_b: float = 0.0  # training end time drawn from U(T - b, T + b) (--node-steer-b)
+    error: float = 0.0  # coefficient of the solver's error estimate (--node-error-penalty)
+    error_estimate: str = "local"  # which estimate: "local" or "global" (--node-error-estimate)
 
     @property
     def coefficients(self) -> Dict[str, float]:
-        """The coefficient of each RNODE penalty, by the name ODEBlock.penalties gives it."""
-        return {"kinetic": self.kinetic, "jacobian": self.jacobian}
+        """The coefficient of each penalty, by the name ODEBlock.penalties gives it."""
+        return {"kinetic": self.kinetic, "jacobian": self.jacobian, "error": self.error}
 
     @property
     def integrates_penalties(self) -> bool:
+        """Whether the solve integrates K or J as extra channels of the state."""
         return self.kinetic > 0 or self.jacobian > 0
+
+    @property
+    def penalised(self) -> bool:
+        return self.integrates_penalties or self.error > 0
 
 
 def _per_position(x: Tensor, keep: Optional[Tensor]) -> Tensor:

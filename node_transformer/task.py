@@ -35,10 +35,12 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from odeint_ext import ODESolveError
 
 from .config import NodeConfig
-from .metric_names import (BACKWARD, BATCHES, COUNTERS, CUDA_PEAK, DEFERRED, FIXED_STEP, FORWARD,
-                           NFE_PREFIX, PENALTY_PREFIX, REPLAYED, SIDES, SKIPPED, VALID_COUNTERS,
-                           nfe_key, penalty_key)
-from .ode_block import depth_blocks, fixed_step_fallback, record_backward_overruns, total_penalties
+from .metric_names import (BACKWARD, BATCHES, COUNTERS, CUDA_PEAK, DEFERRED, ERROR_PREFIX,
+                           FIXED_STEP, FORWARD, NFE_PREFIX, PENALTY_NAMES, PENALTY_PREFIX,
+                           REPLAYED, SIDES, SKIPPED, VALID_COUNTERS, error_key, nfe_key,
+                           penalty_key)
+from .ode_block import (depth_blocks, fixed_step_fallback, ode_blocks, penalties_per_position,
+                        record_backward_overruns, total_penalties)
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +85,14 @@ def collect_nfe(model, backward: bool) -> Dict[str, int]:
 class PenalisedCriterion:
     """The criterion's loss plus the RNODE penalties of the last forward's solves.
 
-    fairseq sums the loss over the batch and divides the gradient by sample_size, so the
-    penalties are multiplied by sample_size: coefficient C weighs C per target token (per
-    sentence with --sentence-avg), whatever the batch size.
+    fairseq's criterion sums the loss over target tokens (and the trainer divides the gradient
+    by sample_size); the penalties are summed over the real positions of each block's state
+    likewise (ode_block.total_penalties), so that a batch's loss is the sum of its sentences'
+    losses alone: coefficient C weighs C per target token in the decoder and per source token
+    in the encoder, with or without --sentence-avg. --node-error-penalty W adds W x each
+    block's error estimate x its real positions likewise (regularisers.py: not additive).
+    Logged: each RNODE penalty per position, summed over the blocks; the error estimate of
+    each side, summed over its blocks (ode_block.penalties_per_position).
     """
 
     def __init__(self, criterion):
@@ -95,13 +102,21 @@ class PenalisedCriterion:
         loss, sample_size, log = self.criterion(model, sample)
         total, logged = 0.0, {}
         terms = total_penalties(model)
-        for name, coef in node_settings(model).regularisation().coefficients.items():
+        coefficients = node_settings(model).regularisation().coefficients
+        for name, coef in coefficients.items():
             if coef > 0 and name in terms:
-                term = terms[name]
-                total = total + coef * term
-                logged[penalty_key(name)] = float(term.detach())
-        if logged:
-            loss = loss + total * sample_size
+                total = total + coef * terms[name]
+        shown = penalties_per_position(model)
+        for name in PENALTY_NAMES:
+            if coefficients[name] > 0 and name in shown:
+                logged[penalty_key(name)] = shown[name]
+        if coefficients["error"] > 0:  # per side, as the NFE
+            for side, tag in SIDES:
+                error = penalties_per_position(getattr(model, side, None)).get("error")
+                if error is not None:
+                    logged[error_key(tag)] = error
+        if torch.is_tensor(total):
+            loss = loss + total
             log.update(logged)
         return loss, sample_size, log
 
@@ -215,9 +230,14 @@ class NODETranslationTask(TranslationTask):
                 if training:
                     keys[nfe_key(tag, BACKWARD)] = 0
         if training:
-            for name, coef in node_settings(model).regularisation().coefficients.items():
-                if coef > 0:
+            coefficients = node_settings(model).regularisation().coefficients
+            for name in PENALTY_NAMES:
+                if coefficients[name] > 0:
                     keys[penalty_key(name)] = 0.0
+            if coefficients["error"] > 0:
+                for side, tag in SIDES:
+                    if ode_blocks(getattr(model, side, None)):
+                        keys[error_key(tag)] = 0.0
         keys.update(dict.fromkeys(COUNTERS if training else VALID_COUNTERS, 0))
         return keys
 
@@ -412,14 +432,14 @@ class NODETranslationTask(TranslationTask):
                 metrics.log_scalar(key, math.inf, 0, round=3)
         batches = sum(log.get(BATCHES, 0) for log in logging_outputs)
         keys = sorted({k for log in logging_outputs for k in log
-                       if k.startswith(NFE_PREFIX) or k.startswith(PENALTY_PREFIX)})
+                       if k.startswith((NFE_PREFIX, PENALTY_PREFIX, ERROR_PREFIX))})
         for key in keys:
             total = sum(log.get(key, 0) for log in logging_outputs)
             # Mean per batch (summed over a side's blocks), over batches and workers: fairseq
             # may hand over the logs of all workers already summed into one.
             if batches:
                 metrics.log_scalar(key, total / batches, batches,
-                                   round=3 if key.startswith(PENALTY_PREFIX) else 1)
+                                   round=1 if key.startswith(NFE_PREFIX) else 3)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             # fairseq resets the peak after each update: the meter keeps the interval's max.
             metrics.log_custom(PeakMeter, CUDA_PEAK, torch.cuda.max_memory_allocated() / 2 ** 20)

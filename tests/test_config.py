@@ -54,7 +54,7 @@ def test_flags_parse_to_their_types(data_dir):
     assert node.node_ts == "0 0.5 1"  # a string, read by parse_ts
     assert node.solver_settings() == SolverSettings(method="rk4", steps=4, max_nfe=None,
                                                     ts=(0.0, 0.5, 1.0))
-    assert node.regularisation().coefficients == {"kinetic": 0.5, "jacobian": 0.0}
+    assert node.regularisation().coefficients == {"kinetic": 0.5, "jacobian": 0.0, "error": 0.0}
     args = parse(data_dir, "--node-encoder", "--node-first-step", "0.25", "--node-max-num-steps", "7")
     node = NodeConfig.from_namespace(args).validate()
     assert (node.node_first_step, node.node_max_num_steps) == (0.25, 7)

@@ -81,10 +81,19 @@ def test_penalised_training_step_adds_and_logs_each_term(data_dir):
     opt = SGD(argparse.Namespace(lr=[0.1], momentum=0.0, weight_decay=0.0),
               [p for p in model.parameters() if p.requires_grad])
     crit = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
-    loss, sample_size, log = task.train_step(batch(task, PAIRS), model, crit, opt, update_num=1)
+    sample = batch(task, PAIRS)
+    loss, sample_size, log = task.train_step(sample, model, crit, opt, update_num=1)
     assert log["rnode_kinetic"] > 0 and log["rnode_jacobian"] > 0
-    penalty = coef_k * log["rnode_kinetic"] + coef_j * log["rnode_jacobian"]
-    assert float(loss) == pytest.approx(float(log["loss"]) + sample_size * penalty, rel=1e-9)
+    # The loss takes each block's penalty per position times its real positions (source
+    # tokens in the encoder, target tokens in the decoder); the log shows it per position.
+    enc, dec = model.encoder.layers[0].block, model.decoder.layers[0].block
+    src_tokens = int(sample["net_input"]["src_tokens"].ne(task.source_dictionary.pad()).sum())
+    assert (float(enc.positions), float(dec.positions)) == (src_tokens, sample["ntokens"]) == (10, 13)
+    penalty = 0.0
+    for name, coef in (("kinetic", coef_k), ("jacobian", coef_j)):
+        assert log["rnode_" + name] == pytest.approx(float(enc.penalties[name] + dec.penalties[name]), rel=1e-12)
+        penalty += coef * float(enc.penalties[name] * src_tokens + dec.penalties[name] * sample["ntokens"])
+    assert float(loss) == pytest.approx(float(log["loss"]) + penalty, rel=1e-9)
     # Validation: the criterion's loss only.
     _, _, vlog = task.valid_step(batch(task, PAIRS), model, crit)
     assert "rnode_kinetic" not in vlog
@@ -225,3 +234,45 @@ def test_padding_changes_no_penalty_step_or_output_in_training(data_dir, penalty
     assert grad_a.keys() == grad_p.keys()
     for name in grad_a:
         torch.testing.assert_close(grad_p[name], grad_a[name], rtol=1e-7, atol=1e-9, msg=name)
+
+
+# -- additive over sentences ----------------------------------------------------------------------
+
+def _fixed_probe(x):
+    """One Hutchinson probe, the same vector at every position: a sentence gets the same probe
+    alone and in a batch (randn_like draws per shape). Not constant: the study's dynamics end
+    in a LayerNorm, whose Jacobian maps a constant vector to 0."""
+    return torch.arange(x.shape[-1], dtype=x.dtype, device=x.device).sin().expand_as(x).clone()
+
+
+@pytest.mark.parametrize("sentence_avg", [False, True])
+@pytest.mark.parametrize("penalty", ["kinetic", "jacobian"])
+def test_penalised_loss_and_gradient_add_up_over_sentences(data_dir, penalty, sentence_avg, monkeypatch):
+    """Issue 29 item 5: the training loss of a batch (criterion + penalties, as the task's
+    train_step hands it to fairseq's optimizer) and its gradient are the sums of its sentences'
+    alone, on a fixed grid with direct backprop (each sentence's trajectory then does not
+    depend on its batch). The encoder's penalty was a mean over the batch's source positions
+    times its target tokens: batching changed the objective."""
+    task, model, _ = build(data_dir, "--node-encoder", "--node-decoder", "--dropout", "0.0",
+                           "--node-method", "rk4", "--node-steps", "2", "--node-backprop", "direct",
+                           *PENALTIES[penalty])
+    monkeypatch.setattr(torch, "randn_like", _fixed_probe)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = SGD(argparse.Namespace(lr=[0.1], momentum=0.0, weight_decay=0.0), params)
+    crit = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=sentence_avg, label_smoothing=0.1)
+
+    def step(pairs):
+        opt.zero_grad()
+        loss, _, log = task.train_step(batch(task, pairs), model, crit, opt, update_num=1)
+        loss = float(loss.detach())
+        return loss, loss - float(log["loss"]), [p.grad.clone() for p in params]
+
+    # The criterion's log-softmax is float32 in fairseq, whatever the model's dtype: the
+    # losses agree to its rounding, the penalties and gradients to float64's.
+    loss, pen, grads = step(PAIRS)
+    alone = [step([pair]) for pair in PAIRS]
+    assert pen > 1e-2 * loss  # the penalty weighs in the comparison
+    assert pen == pytest.approx(sum(a[1] for a in alone), rel=1e-10)
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-7)
+    for i, g in enumerate(grads):
+        torch.testing.assert_close(g, sum(a[2][i] for a in alone), rtol=1e-8, atol=1e-10)
