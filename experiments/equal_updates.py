@@ -82,8 +82,37 @@ PROBES: Dict[str, tuple] = {
     # post-norm decoder): the block against the layer, norm placement held fixed
     "classic-6layer-prenorm-encoder": ([*ROWS["classic-6layer"][0], "--encoder-normalize-before"], 12),
 }
+# Issue 30's search: blocks whose solver chooses its own steps (pre-norm dynamics with
+# fairseq's initialisation, first step the whole interval, direct backprop unless named), with
+# the regularisers meant to keep their evaluations flat. Evaluations per token: None, the
+# solver decides (each run's NFE per solve is in its log and its row).
+ADAPTIVE_BASE = [*BOTH, *PRENORM, "--node-first-step", "1.0"]
+
+
+def _adaptive(method: str, tol: str, *extra: str) -> tuple:
+    return ([*ADAPTIVE_BASE, "--node-method", method, "--node-rtol", tol, "--node-atol", tol,
+             *extra], None)
+
+
+ADAPTIVE: Dict[str, tuple] = {
+    "adaptive-dopri5": _adaptive("dopri5", "1e-2", *DIRECT),
+    "adaptive-dopri5-err-local": _adaptive("dopri5", "1e-2", *DIRECT, "--node-error-penalty", "0.1",
+                                           "--node-error-estimate", "local"),
+    "adaptive-dopri5-err-global": _adaptive("dopri5", "1e-2", *DIRECT, "--node-error-penalty", "0.1",
+                                            "--node-error-estimate", "global"),
+    "adaptive-dopri5-kinetic": _adaptive("dopri5", "1e-2", *DIRECT, "--node-kinetic-energy", "0.01"),
+    "adaptive-dopri5-kinetic-jacobian": _adaptive("dopri5", "1e-2", *DIRECT, "--node-kinetic-energy",
+                                                  "0.01", "--node-jacobian-norm", "0.01"),
+    "adaptive-dopri5-steer": _adaptive("dopri5", "1e-2", *DIRECT, "--node-steer-b", "0.5"),
+    "adaptive-dopri5-seminorm": _adaptive("dopri5", "1e-2", "--node-adjoint-seminorm"),
+    "adaptive-bosh3": _adaptive("bosh3", "1e-2", *DIRECT),
+    "adaptive-heun": _adaptive("adaptive_heun", "1e-1", *DIRECT),
+    "adaptive-heun-err-local": _adaptive("adaptive_heun", "1e-1", *DIRECT, "--node-error-penalty",
+                                         "0.1", "--node-error-estimate", "local"),
+}
 DEFAULT_ROWS = [n for n in ROWS if "6" not in n] + ["rk2-gated-t2"]  # the best block (RESULTS.md)
 ROWS.update(PROBES)
+ROWS.update(ADAPTIVE)
 PARAMS = re.compile(r"num\. shared model params: ([\d,]+)")
 
 
@@ -103,7 +132,8 @@ def command(a, name: str, seed: int, lr: float, run_dir: str) -> List[str]:
             "--seed", str(seed), "--max-update", str(a.updates),
             "--validate-interval-updates", str(a.every), "--validate-interval", "1000",
             "--save-dir", os.path.join(run_dir, "checkpoints"), "--no-epoch-checkpoints",
-            "--save-interval-updates", str(a.updates), "--keep-interval-updates", "1",
+            "--save-interval-updates", str(a.every if a.keep_checkpoints else a.updates),
+            "--keep-interval-updates", "-1" if a.keep_checkpoints else "1",
             "--log-format", "json", "--log-interval", "50", "--num-workers", "0"]
 
 
@@ -163,10 +193,14 @@ def summarize(a, job: dict) -> dict:
         job["cmd"] = shlex.split([line for line in lines if line.startswith("# ")][-1][2:])
     parsed = parse_log(lines)
     params = next((int(m.group(1).replace(",", "")) for m in map(PARAMS.search, lines) if m), None)
-    losses = {str(int(v["num_updates"])): v["loss"] for v in parsed["valid"]
-              if int(v["num_updates"]) % a.every == 0}
+    at_every = [v for v in parsed["valid"] if int(v["num_updates"]) % a.every == 0]
+    losses = {str(int(v["num_updates"])): v["loss"] for v in at_every}
+    # Forward evaluations per solve in validation, per side (one block per side: NFE per batch).
+    nfe = {side: {str(int(v["num_updates"])): v[f"nfe_{side}_fwd"] for v in at_every
+                  if f"nfe_{side}_fwd" in v} for side in ("enc", "dec")}
     return {"name": job["name"], "seed": job["seed"], "params": params,
             "f_evals_per_token": ROWS[job["name"]][1], "loss_at_updates": losses,
+            "valid_nfe_at_updates": {k: v for k, v in nfe.items() if v},
             "bleu_test2016": None, "lr": row_lr(a, job["name"]), "max_tokens": a.max_tokens,
             "updates": max((int(v["num_updates"]) for v in parsed["valid"]), default=0), "exit_code": job["proc"].returncode if job.get("proc") else None,
             "train_seconds": round(time.time() - job["t0"]) if job.get("t0") else None,
@@ -351,6 +385,8 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--bleu", action="store_true", help="test2016 BLEU of each row's last checkpoint")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep a checkpoint every --every updates (for experiments.analysis.error_drivers)")
     p.add_argument("--json", metavar="PATH", help="write the rows under 'equal_updates' here")
     p.add_argument("--figure", metavar="PNG", help="valid loss against updates, all rows")
     p.add_argument("--by-lr", type=int, metavar="UPDATES",

@@ -218,13 +218,14 @@ class ODEBlock(DepthBlock):
             ts[-1] += torch.empty((), dtype=ts.dtype, device=ts.device).uniform_(-b, b)
         return ts.to(like.dtype)
 
-    def forward(self, h0: Tensor, padding_mask: Optional[Tensor] = None, **inputs) -> Tensor:
-        """``padding_mask``: Batch x Time, True at pads (fairseq's convention); those
-        positions keep their initial state and are left out of the error norm."""
+    def solver_problem(self, h0: Tensor, padding_mask: Optional[Tensor] = None,
+                       stats: Optional[SolveStats] = None, **inputs):
+        """What a solve of this block hands the solver: (func, y0, inputs, norm, keep), for
+        forward and for tools that watch the solver's steps (experiments.analysis.error_drivers).
+        ``padding_mask``: Batch x Time, True at pads (fairseq's convention); those positions
+        keep their initial state (``keep`` 0 there) and are left out of the error norm."""
         s = self.fallback or self.solver
-        stats = SolveStats()
-        self.solves.append(stats)
-        norm = None
+        norm = keep = None
         dtype = h0.dtype
         h0 = h0.float() if dtype in (torch.float16, torch.bfloat16) else h0
         if padding_mask is not None and bool(padding_mask.any()):
@@ -232,8 +233,18 @@ class ODEBlock(DepthBlock):
             inputs = dict(inputs, keep=keep)
             if s.takes_norm:
                 norm = _RealPositionsNorm(keep)
+        func = _SolverView(self.dynamics, dtype, stats or SolveStats(), s.max_nfe, self.overruns)
+        return func, h0, inputs, norm, keep
+
+    def forward(self, h0: Tensor, padding_mask: Optional[Tensor] = None, **inputs) -> Tensor:
+        """``padding_mask``: see :meth:`solver_problem`."""
+        s = self.fallback or self.solver
+        stats = SolveStats()
+        self.solves.append(stats)
+        dtype = h0.dtype
+        func, h0, inputs, norm, _ = self.solver_problem(h0, padding_mask, stats, **inputs)
         ts = self._times(h0)
-        func, y0 = _SolverView(self.dynamics, dtype, stats, s.max_nfe, self.overruns), h0
+        y0 = h0
         training = self.training and torch.is_grad_enabled()
         channels = training and self.reg.integrates_penalties
         if channels:
