@@ -94,7 +94,9 @@ class _NODELayer(nn.Module):
             dynamics_kwargs = dict(dynamics_kwargs, output_init=node.node_output_init)
         dynamics = form(
             dim + self.aug, side_cfg.ffn_embed_dim, heads,
-            time_dependent=node.node_time_dependent, activation_dropout=cfg.activation_dropout,
+            time_dependent=node.node_time_dependent,
+            # as fairseq's layers: the old --relu-dropout where --activation-dropout is 0
+            activation_dropout=cfg.activation_dropout or cfg.relu_dropout or 0.0,
             activation_fn=cfg.activation_fn, **dynamics_kwargs,
         )
         self.block = build_block(node, dynamics, shared_gate)
