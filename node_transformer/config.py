@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.models.transformer.transformer_config import DEFAULT_MIN_PARAMS_TO_WRAP
 
 from odeint_ext import ERROR_ESTIMATE_METHODS, METHODS, SettingsError, SolverSettings
 
@@ -301,3 +302,86 @@ class NodeConfig(FairseqDataclass):
     def dynamics_class(self):
         """The class of the ODE right-hand side (dynamics.DYNAMICS)."""
         return DYNAMICS[self.node_dynamics]
+
+
+# -- fairseq's Transformer flags against the NODE sides ----------------------------------------
+
+CHECKPOINTING = ("ODE blocks are not checkpointed: with --node-backprop adjoint (the default) a "
+                 "block keeps none of its evaluations' activations already, and with direct "
+                 "backprop checkpointing's no-grad first pass would lose the RNODE penalties and "
+                 "count every solve twice")
+
+
+def check_transformer_flags(node: NodeConfig, args) -> None:
+    """Raise NodeArgumentError naming the first fairseq Transformer flag of ``args`` (the
+    model's args, the architecture's defaults filled in) that a NODE side would not apply:
+    the ODE blocks take the place of fairseq's layers, so the flags that fairseq's layers
+    read would otherwise be accepted and ignored. docs/training.md tabulates every
+    TransformerConfig field (works / refused / n/a); tests/test_fairseq_options.py holds the
+    table to this function."""
+    sides = [s for s, on in (("encoder", node.node_encoder), ("decoder", node.node_decoder)) if on]
+    if not sides:
+        return
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    model = " and ".join(f"NODE {side}" for side in sides)
+
+    def refuse(name: str, why: str, value=True):
+        shown = "" if value is True else f" {value}"
+        raise NodeArgumentError(f"{flag(name)}{shown} is not available with a {model}: {why}")
+
+    # What fairseq's layers read from the shared flags.
+    for name in ("offload_activations", "checkpoint_activations"):  # offload implies checkpoint
+        if get(name):
+            refuse(name, CHECKPOINTING)
+    if get("attention_dropout", 0):
+        refuse("attention_dropout", "attention-weight dropout is not applied inside ODE dynamics "
+               "(fairseq's attention would draw new masks at every evaluation of f, docs/design.md); "
+               "--dropout and --activation-dropout are, with one mask per solve",
+               get("attention_dropout"))
+    if get("quant_noise_pq", 0):
+        refuse("quant_noise_pq", "the dynamics' projections are built without quantization noise",
+               get("quant_noise_pq"))
+    if get("quant_noise_scalar", 0):
+        refuse("quant_noise_scalar", "scalar quantization noise would be drawn anew at every "
+               "evaluation of f (a random right-hand side is not an ODE)", get("quant_noise_scalar"))
+    if get("min_params_to_wrap", DEFAULT_MIN_PARAMS_TO_WRAP) != DEFAULT_MIN_PARAMS_TO_WRAP:
+        refuse("min_params_to_wrap", "ODE blocks are not wrapped for FSDP one by one",
+               get("min_params_to_wrap"))
+    if get("export"):
+        refuse("export", "it makes layer norms exportable to TorchScript, which cannot compile "
+               "ODE blocks (docs/platforms.md)")
+    for name in ("encoder_xformers_att_config", "decoder_xformers_att_config"):
+        # fairseq's decoder layers read the encoder's setting for their encoder-attention
+        if get(name) and (name.startswith("encoder") or node.node_decoder):
+            refuse(name, "the dynamics build fairseq's own attention", repr(get(name)))
+
+    # What a NODE side's own layers would ignore.
+    penalties = [n for n in ("node_kinetic_energy", "node_jacobian_norm") if getattr(node, n)]
+    for side in sides:
+        layers = get(f"{side}_layers", 1)
+        if layers is not None and layers < 1:
+            raise NodeArgumentError(f"{flag(side + '_layers')} {layers} leaves --node-{side} no "
+                                    "ODE block")
+        if get(f"{side}_normalize_before") and node.dynamics_class.post_norm:
+            refuse(f"{side}_normalize_before", "a NODE side's norm placement is --node-dynamics "
+                   f"(prenorm: the residual branch of a pre-norm layer; {node.node_dynamics}: "
+                   "each sub-layer's output normalised)")
+        if get(f"{side}_layerdrop", 0) and penalties:
+            raise NodeArgumentError(
+                f"{flag(side + '_layerdrop')} {get(side + '_layerdrop')} cannot be combined with "
+                f"{', '.join(flag(n) for n in penalties)}: a dropped ODE block would add the "
+                "penalties of its previous batch")
+
+    if node.node_decoder:
+        if get("no_cross_attention"):
+            refuse("no_cross_attention", "the NODE decoder's dynamics always attend to the "
+                   "encoder output")
+        if get("cross_self_attention"):
+            refuse("cross_self_attention", "the NODE decoder's self-attention does not attend to "
+                   "the encoder output")
+        if get("base_layers", 0):
+            refuse("base_layers", "fairseq would insert BASE layers among the NODE decoder's ODE "
+                   "blocks", get("base_layers"))
+        if get("no_decoder_final_norm"):
+            refuse("no_decoder_final_norm", "a NODE decoder normalises after its last block "
+                   "exactly when its --node-dynamics needs it (prenorm)")

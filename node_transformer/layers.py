@@ -74,6 +74,10 @@ class SideBuild:
             state_dict[f"{prefix}layer_norm." + key.rsplit(".final_norm.", 1)[1]] = state_dict.pop(key)
 
 
+class NotScriptableError(RuntimeError):
+    """``torch.jit.script`` of a model (or generator) with a NODE side."""
+
+
 def _augment(x: Tensor, n: int) -> Tensor:
     if n == 0:
         return x
@@ -94,7 +98,9 @@ class _NODELayer(nn.Module):
             dynamics_kwargs = dict(dynamics_kwargs, output_init=node.node_output_init)
         dynamics = form(
             dim + self.aug, side_cfg.ffn_embed_dim, heads,
-            time_dependent=node.node_time_dependent, activation_dropout=cfg.activation_dropout,
+            time_dependent=node.node_time_dependent,
+            # as fairseq's layers: the old --relu-dropout where --activation-dropout is 0
+            activation_dropout=cfg.activation_dropout or cfg.relu_dropout or 0.0,
             activation_fn=cfg.activation_fn, **dynamics_kwargs,
         )
         self.block = build_block(node, dynamics, shared_gate)
@@ -110,6 +116,17 @@ class _NODELayer(nn.Module):
 
     def upgrade_state_dict_named(self, state_dict, name):
         """Nothing to upgrade: fairseq's encoder calls this on each of its layers."""
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this on every submodule before it compiles anything: one
+        clear error here instead of a NotSupportedError deep inside a solve."""
+        raise NotScriptableError(
+            f"node_transformer: TorchScript is not supported for a model with a NODE side "
+            f"({type(self).__name__}): its blocks solve with torchdiffeq's Python solvers "
+            "(adaptive steps, Python control flow) and call their dynamics from Python with "
+            "keyword inputs and per-solve dropout masks, which torch.jit.script cannot "
+            "compile; run the model in eager mode, as fairseq-generate, fairseq-interactive and "
+            "the hub do")
 
 
 class NODEEncoderLayer(_NODELayer):

@@ -7,7 +7,7 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModel
 from fairseq.models.transformer.transformer_legacy import base_architecture
 
-from .config import NodeArgumentError, NodeConfig
+from .config import NodeArgumentError, NodeConfig, check_transformer_flags
 from .decoder import NODETransformerDecoder
 from .encoder import NODETransformerEncoder
 
@@ -26,6 +26,7 @@ class NODETransformerModel(TransformerModel):
         node_transformer_base(args)
         try:
             node = cls.node_settings(args)
+            check_transformer_flags(node, args)  # fairseq's flags that a NODE side would ignore
         except NodeArgumentError as e:
             # One line naming the flag, before anything is trained or written.
             raise SystemExit(f"node_transformer: error: {e}") from None
