@@ -256,3 +256,40 @@ def test_exact_decoding_of_the_separated_adaptive_decoder_equals_recompute(data)
     _, log = generate(data, ckpt, *MODES["beam5"], overrides={"node_decoding": "exact",
                                                               "node_method": "rk4", "node_steps": 2})
     assert "NODE decoder (rk4, 2 steps): each generation step " + CACHED in log
+
+
+def score_reference_gaps(data, ckpt, hyps, tmp_path, overrides=None):
+    """fairseq-generate --score-reference (teacher-forced, one sentence at a time) on each
+    sentence's first hypothesis: |generation's positional score - its teacher-forced one|
+    over all tokens, base 2."""
+    raw, bin_dir = tmp_path / "raw", tmp_path / "bin"
+    raw.mkdir(parents=True)
+    sources = open(os.path.join(data[1], "raw", "test.src")).read().splitlines()
+    ids = sorted(hyps)
+    (raw / "hyp.src").write_text("".join(sources[i] + "\n" for i in ids))
+    (raw / "hyp.tgt").write_text("".join(hyps[i][0][0] + "\n" for i in ids))
+    cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt",
+        "--srcdict", os.path.join(data[0], "dict.src.txt"), "--tgtdict", os.path.join(data[0], "dict.tgt.txt"),
+        "--testpref", str(raw / "hyp"), "--destdir", str(bin_dir), "--workers", "1", env=ENV)
+    scored, _ = generate((str(bin_dir), data[1]), ckpt, "--score-reference", "--batch-size", "1",
+                         overrides=overrides)
+    return [abs(a - b) for k, i in enumerate(ids)
+            for a, b in zip(hyps[i][0][2], scored[k][0][2], strict=True)]
+
+
+@pytest.mark.slow
+def test_adaptive_generation_scores_differ_from_teacher_forced_ones_within_tolerance(data, tmp_path):
+    """docs/decoding.md: with dopri5 the scores fairseq-generate prints for a hypothesis are
+    not its teacher-forced scores (--score-reference, training), only close: each generation
+    step solves the prefix, scoring solves the whole sentence at once, and the adaptive steps
+    depend on which positions are solved together. On a fixed grid they agree to printing."""
+    ckpt = checkpoint(data, "aug-time-dopri5")  # full NODE, dopri5 at tolerance 1e-2
+    hyps, _ = generate(data, ckpt, "--beam", "5")
+    gaps = score_reference_gaps(data, ckpt, hyps, tmp_path / "dopri5")
+    print(f"dopri5: {len(gaps)} tokens, max gap {max(gaps):.4f}, mean {sum(gaps) / len(gaps):.5f} bits")
+    assert 1e-3 < max(gaps) < 0.1
+    grid = {"node_method": "rk4", "node_steps": 4}
+    hyps, _ = generate(data, ckpt, "--beam", "5", overrides=grid)
+    gaps = score_reference_gaps(data, ckpt, hyps, tmp_path / "rk4", overrides=grid)
+    print(f"rk4 x 4: {len(gaps)} tokens, max gap {max(gaps):.4f} bits")
+    assert max(gaps) <= 2e-4
