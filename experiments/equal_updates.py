@@ -33,7 +33,7 @@ from typing import Dict, List, Optional
 
 from .configs import ROOT, USER_DIR, find_config, load_config
 from .fairseq_log import parse_log
-from .files import table, write_json
+from .files import command_line, table, write_json
 
 PROG = "equal_updates"
 JSON_KEY = "equal_updates"
@@ -204,7 +204,7 @@ def summarize(a, job: dict) -> dict:
             "bleu_test2016": None, "lr": row_lr(a, job["name"]), "max_tokens": a.max_tokens,
             "updates": max((int(v["num_updates"]) for v in parsed["valid"]), default=0), "exit_code": job["proc"].returncode if job.get("proc") else None,
             "train_seconds": round(time.time() - job["t0"]) if job.get("t0") else None,
-            "command_line": " ".join(shlex.quote(c) for c in job["cmd"])}
+            "command_line": command_line(job["cmd"])}
 
 
 def run_all(a) -> List[dict]:
@@ -440,7 +440,7 @@ def main(argv=None) -> int:
     if a.figure:
         figure(rows, a.figure, a.only_lr)
     if a.json:
-        store(a.json, rows, {"command": " ".join(shlex.quote(c) for c in sys.argv), "started": started,
+        store(a.json, rows, {"command": command_line(sys.argv), "started": started,
                              "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                              "parallel": a.parallel, "threads": a.threads,
                              "load_average_at_end": os.getloadavg()})

@@ -21,14 +21,13 @@ import datetime
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
 
 from .configs import ROOT, USER_DIR
-from .files import write_json
+from .files import command_line, repo_relative, write_json
 from .progress import bar
 PROG = "evaluate"
 
@@ -201,12 +200,12 @@ def main(argv=None) -> int:
         ordered = reorder(stdout, gen_path, hyp_path)
         fields, message = score(ordered, ref, a.subset)
         write_json(os.path.join(a.run_dir, f"bleu_{a.subset}.json"), {
-            "subset": a.subset, "checkpoint": os.path.abspath(ckpt),
-            "reference": os.path.abspath(ref) if ref else None,
-            "hypotheses": hyp_path, "sentences": len(ordered),
+            "subset": a.subset, "checkpoint": repo_relative(os.path.abspath(ckpt)),
+            "reference": repo_relative(os.path.abspath(ref)) if ref else None,
+            "hypotheses": repo_relative(os.path.abspath(hyp_path)), "sentences": len(ordered),
             "beam": a.beam, "remove_bpe": a.remove_bpe,
             "generate_seconds": round(seconds, 1),
-            "command_line": " ".join(shlex.quote(c) for c in cmd),
+            "command_line": command_line(cmd),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             **fields})
     except EvalError as e:

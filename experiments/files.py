@@ -1,11 +1,15 @@
-"""Small output helpers of the harness: files written whole or not at all, markdown tables."""
+"""Small output helpers of the harness: files written whole or not at all, markdown tables,
+commands and paths as results record them."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from contextlib import contextmanager
 from typing import Iterable, List, Sequence
+
+from .configs import ROOT
 
 
 @contextmanager
@@ -29,3 +33,26 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], markdown: boo
         return [" | ".join(map(str, r)) for r in [header, *rows]]
     return (["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def repo_relative(path: str) -> str:
+    """An absolute path inside the repository, relative to its root; anything else unchanged.
+    Results get committed: they must not record the measuring machine's directories."""
+    if os.path.isabs(path):
+        rel = os.path.relpath(path, ROOT)
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return rel
+    return path
+
+
+def command_line(cmd: Sequence[str]) -> str:
+    """A command as the one shell line results record: paths inside the repository relative
+    to its root (also in ``--flag=PATH``), an interpreter outside it as ``python``."""
+    words = []
+    for i, word in enumerate(cmd):
+        flag, eq, value = word.partition("=")
+        word = flag + eq + repo_relative(value) if eq and word.startswith("-") else repo_relative(word)
+        if i == 0 and os.path.isabs(word) and os.path.basename(word).startswith("python"):
+            word = "python"
+        words.append(word)
+    return " ".join(shlex.quote(w) for w in words)

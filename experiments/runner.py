@@ -52,7 +52,7 @@ from .configs import (CONFIG_DIR, ROOT, SCALES, SMOKE_BUDGET_MINUTES, USER_DIR, 
                       validate_config)
 from .fairseq_log import (EPOCH_COLUMNS, NFE_KEYS, POLICY_COUNTERS, RUNNER, epoch_rows,  # noqa: F401
                           nfe_stats, parse_log, throughput, write_epochs_csv)
-from .files import write_json
+from .files import command_line, write_json
 from .models import SIZES
 from .names import metric_names as mn
 
@@ -185,7 +185,7 @@ def summarize(cfg: dict, scale: str, smoke: bool, parsed: dict, rows: List[dict]
         "data_bin": os.path.abspath(data_bin),
         "language_pair": list(pair),
         "command": cmd,
-        "command_line": " ".join(shlex.quote(c) for c in cmd),
+        "command_line": command_line(cmd),
         "machine": machine_info(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }

@@ -88,7 +88,9 @@ class NodeConfig(FairseqDataclass):
     """The --node-* settings. ``NodeConfig.from_namespace(args)`` (fairseq's) reads them from
     a namespace; settings it lacks, e.g. an older checkpoint's, keep their defaults."""
 
-    node_encoder: bool = _node(False, "replace the encoder's stack of layers by one ODE block")
+    node_encoder: bool = _node(
+        False, "replace each of the encoder's --encoder-layers layers by an ODE block "
+               "(--encoder-layers defaults to 1 then)")
     node_block: str = _node(
         "ode", "what each block is: ode (default: the dynamics solved by torchdiffeq, --node-method), "
                "rk2-gated (ODE Transformer: one RK2 step with a learned gate, 2 evaluations) or pc "
@@ -96,7 +98,9 @@ class NodeConfig(FairseqDataclass):
                "evaluations)", check=_one_of(BLOCKS))
     node_pc_order: int = _node(2, "--node-block pc: order of the predictor, 2 or 4 (default 2)",
                                check=_one_of(PC_ORDERS))
-    node_decoder: bool = _node(False, "replace the decoder's stack of layers by one ODE block")
+    node_decoder: bool = _node(
+        False, "replace each of the decoder's --decoder-layers layers by an ODE block "
+               "(--decoder-layers defaults to 1 then)")
     node_separated_decoder: bool = _node(
         False, "NODE decoder: classic residual self-attention, then an ODE block over "
                "encoder-attention + feed-forward")

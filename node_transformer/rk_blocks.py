@@ -125,7 +125,8 @@ class PredictorCorrectorBlock(LearnedRKBlock):
         return f"pc order {self.order} ({self.order + 1} evaluations)"
 
     def stage_weights(self) -> Tensor:
-        """gamma_i = a (1 - a)^(o - i), i = 1..o: the last stage weighs most."""
+        """gamma_i = a (1 - a)^(o - i), i = 1..o: the last stage weighs most; they sum to
+        1 - (1 - a)^o, below 1 (the predictor is damped, as in PCformer's EMA form)."""
         a = torch.sigmoid(self.a_logit)
         powers = torch.arange(self.order - 1, -1, -1, dtype=a.dtype, device=a.device)
         return a * (1 - a) ** powers

@@ -283,3 +283,24 @@ def test_a_fixed_node_budget_is_reported_as_equal_time(tmp_path):
                            "--data-bin", str(tmp_path), "--node-budget-minutes", "0"],
                           capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 2 and "--node-budget-minutes must be > 0" in proc.stderr
+
+
+def test_the_recorded_command_line_names_no_directory_of_the_measuring_machine(tmp_path):
+    """The benchmark's rows copy each run's summary.json command_line, which gets committed
+    (docs/benchmark*.json): paths inside the repository relative to its root, the
+    interpreter as a relative path or ``python``; a path outside the repository is kept."""
+    from experiments import runner
+    from experiments.configs import USER_DIR
+
+    run_dir = os.path.join(ROOT, "runs", "r")
+    cmd = [sys.executable, "-m", "fairseq_cli.train", os.path.join(ROOT, "data-bin", "d"),
+           "--user-dir", USER_DIR, "--save-dir", os.path.join(run_dir, "checkpoints"),
+           f"--tensorboard-logdir={run_dir}/tb", "--restore-file", str(tmp_path / "c.pt"), "--seed", "1"]
+    parsed = {"train": [], "train_inner": [], "valid": []}
+    s = runner.summarize({"name": "x", "study": "s"}, "mini", True, parsed, [], cmd, 0, 1.0, None,
+                         "max_epoch", str(tmp_path), ("src", "tgt"), run_dir)
+    words = s["command_line"].split()
+    assert words[1:] == ["-m", "fairseq_cli.train", "data-bin/d", "--user-dir", "node_transformer",
+                         "--save-dir", "runs/r/checkpoints", "--tensorboard-logdir=runs/r/tb",
+                         "--restore-file", str(tmp_path / "c.pt"), "--seed", "1"]
+    assert words[0] == "python" or not os.path.isabs(words[0])

@@ -125,6 +125,9 @@ def test_a_longer_run_continues_a_shorter_one_and_keeps_its_log(tmp_path, toy_bi
     (row,) = json.load(open(js))[eq.JSON_KEY]
     assert set(row["loss_at_updates"]) == {"2", "4"}  # the first run's validation is still there
     assert "--max-update 4" in row["command_line"]
+    # committed results name no directory of the measuring machine (docs/benchmark.json)
+    assert "--user-dir node_transformer" in row["command_line"] and ROOT not in row["command_line"]
+    assert json.load(open(js))[eq.JSON_KEY + "_runs"][-1]["command"].split()[0] == "scripts/equal_updates.py"
     collected = run(*common, "--updates", "4", "--collect", "--json", str(js))
     assert collected.returncode == 0
     (again,) = json.load(open(js))[eq.JSON_KEY]

@@ -33,3 +33,16 @@ def test_relative_links_resolve():
             if "://" in target:
                 continue
             assert os.path.exists(os.path.join(os.path.dirname(path), target)), (path, target)
+
+
+def test_committed_results_name_no_directory_of_a_machine():
+    """Results and docs get read on other machines: a path of the measuring machine
+    (/work/..., /root/..., /tmp/..., /home/...) says nothing there; record it relative to the
+    repository (experiments.files.command_line / repo_relative)."""
+    machine_path = re.compile(r"(?<![\w.~-])/(?:work|root|tmp|home|Users)/")
+    paths = [README, *glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True),
+             *glob.glob(os.path.join(ROOT, "docs", "**", "*.json"), recursive=True),
+             *glob.glob(os.path.join(ROOT, "configs", "**", "*.json"), recursive=True)]
+    found = [(os.path.relpath(p, ROOT), m.group(0)) for p in paths
+             for m in machine_path.finditer(open(p, encoding="utf-8").read())]
+    assert not found, found[:5]

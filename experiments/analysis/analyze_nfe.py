@@ -35,6 +35,8 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+from experiments.files import repo_relative
+
 PROG = "analyze_nfe"
 NFE_COLUMNS = ("nfe_enc_fwd", "nfe_dec_fwd", "nfe_enc_bwd", "nfe_dec_bwd")
 
@@ -354,7 +356,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     summary = summarize(rows, columns)
-    summary.update(checkpoint=os.path.abspath(a.checkpoint), subset=a.subset, device=device,
+    summary.update(checkpoint=repo_relative(os.path.abspath(a.checkpoint)), subset=a.subset, device=device,
                    backward=not a.no_backward)
     print_summary(summary, out, write_results(out, rows, columns, summary, traj))
     return 0

@@ -159,7 +159,8 @@ def solve_torchode(block, call, shared: bool = False, tol: Optional[float] = Non
             "final": sol.ys[:, -1].view(B, T, C).transpose(0, 1)}
 
 
-def probe(checkpoint: str, data_bin: str, subset: str, batches: int, max_tokens: int) -> dict:
+def check_inputs(checkpoint: str, data_bin: str) -> None:
+    """Fail before any loading: the files, then the optional package."""
     if not os.path.isfile(checkpoint):
         raise ProbeError(f"{checkpoint}: checkpoint not found")
     if not os.path.isdir(data_bin):
@@ -169,11 +170,12 @@ def probe(checkpoint: str, data_bin: str, subset: str, batches: int, max_tokens:
     except ImportError:
         raise ProbeError("torchode is not installed (pip install torchode): it is an optional "
                          "dependency of this probe only") from None
-    import torch
 
+
+def load(checkpoint: str, data_bin: str, subset: str, max_tokens: int):
+    """(model in eval mode, batches of the subset as training builds them, unshuffled)."""
     import node_transformer  # noqa: F401
     from fairseq import checkpoint_utils, utils
-    from node_transformer.ode_block import ode_blocks
 
     models, _, task = checkpoint_utils.load_model_ensemble_and_task(
         [checkpoint], arg_overrides={"data": os.path.abspath(data_bin)})
@@ -182,52 +184,79 @@ def probe(checkpoint: str, data_bin: str, subset: str, batches: int, max_tokens:
     itr = task.get_batch_iterator(dataset=task.dataset(subset), max_tokens=max_tokens, seed=1,
                                   max_positions=utils.resolve_max_positions(
                                       task.max_positions(), model.max_positions()))
+    return model, itr.next_epoch_itr(shuffle=False)
+
+
+def node_sides(model, checkpoint: str) -> Dict[str, list]:
+    """{'enc' / 'dec': the side's ODE blocks}, only the sides that have some."""
+    from node_transformer.ode_block import ode_blocks
+
     sides = {tag: ode_blocks(getattr(model, side)) for side, tag in (("encoder", "enc"), ("decoder", "dec"))}
     sides = {tag: blocks for tag, blocks in sides.items() if blocks}
     if not sides:
         raise ProbeError(f"{checkpoint}: the model has no ODE blocks")
+    return sides
+
+
+def compare(call) -> dict:
+    """One recorded solve, solved again by torchode (per-sentence and shared norm) and
+    tightly: the per-batch row."""
+    block = call["block"]
+    ode = solve_torchode(block, call)
+    control = solve_torchode(block, call, shared=True)
+    ref = reference(block, call)
+    steps = ode["steps"]
+    return {"sentences": call["h0"].shape[1], "tokens": call["h0"].shape[0],
+            "nfe_torchdiffeq": call["nfe"], "calls_torchode": ode["calls"],
+            "calls_torchode_shared_norm": control["calls"],
+            "torchode_steps_mean": sum(steps) / len(steps), "torchode_steps_max": max(steps),
+            "torchode_failed": ode["failed"],
+            "error_torchdiffeq": relative_error(call["out"], ref),
+            "error_torchode": relative_error(ode["final"], ref)}
+
+
+def summarise(blocks: list, r: List[dict]) -> dict:
+    """One side's rows as means and counts (the printed summary)."""
+    n = len(r)
+    solver = blocks[0].solver
+    return {
+        "solves": n,
+        "method": solver.method,
+        "rtol": solver.rtol, "atol": solver.atol,
+        "mean_nfe_torchdiffeq": round(sum(x["nfe_torchdiffeq"] for x in r) / n, 2),
+        "mean_calls_torchode": round(sum(x["calls_torchode"] for x in r) / n, 2),
+        "mean_calls_torchode_shared_norm": round(sum(x["calls_torchode_shared_norm"] for x in r) / n, 2),
+        "mean_torchode_steps_per_sentence": round(sum(x["torchode_steps_mean"] for x in r) / n, 2),
+        "mean_torchode_steps_slowest_sentence": round(sum(x["torchode_steps_max"] for x in r) / n, 2),
+        "batches_torchode_fewer": sum(x["calls_torchode"] < x["nfe_torchdiffeq"] for x in r),
+        "batches_torchode_more": sum(x["calls_torchode"] > x["nfe_torchdiffeq"] for x in r),
+        # largest |h(t1) - reference| over all positions, relative to max |reference|
+        "mean_error_torchdiffeq": round(sum(x["error_torchdiffeq"] for x in r) / n, 4),
+        "mean_error_torchode": round(sum(x["error_torchode"] for x in r) / n, 4),
+        "torchode_failed_sentences": sum(x["torchode_failed"] for x in r),
+    }
+
+
+def probe(checkpoint: str, data_bin: str, subset: str, batches: int, max_tokens: int) -> dict:
+    """Record the first ``batches`` batches' solves, compare each, summarise per side."""
+    check_inputs(checkpoint, data_bin)
+    import torch
+
+    model, samples = load(checkpoint, data_bin, subset, max_tokens)
+    sides = node_sides(model, checkpoint)
     side_of = {block: tag for tag, blocks in sides.items() for block in blocks}
     rows = {tag: [] for tag in sides}
-    for i, sample in enumerate(itr.next_epoch_itr(shuffle=False)):
+    for i, sample in enumerate(samples):
         if i >= batches:
             break
         with recording(list(side_of)) as calls, torch.no_grad():
             model(**sample["net_input"])
         for call in calls:
-            ode = solve_torchode(call["block"], call)
-            control = solve_torchode(call["block"], call, shared=True)
-            ref = reference(call["block"], call)
-            steps = ode["steps"]
-            rows[side_of[call["block"]]].append({
-                "sentences": call["h0"].shape[1], "tokens": call["h0"].shape[0],
-                "nfe_torchdiffeq": call["nfe"], "calls_torchode": ode["calls"],
-                "calls_torchode_shared_norm": control["calls"],
-                "torchode_steps_mean": sum(steps) / len(steps), "torchode_steps_max": max(steps),
-                "torchode_failed": ode["failed"],
-                "error_torchdiffeq": relative_error(call["out"], ref),
-                "error_torchode": relative_error(ode["final"], ref)})
+            rows[side_of[call["block"]]].append(compare(call))
         print(f"{PROG}: batch {i + 1}/{batches}: " + "; ".join(
             f"{tag} torchdiffeq {r[-1]['nfe_torchdiffeq']} vs torchode {r[-1]['calls_torchode']} calls"
             for tag, r in rows.items() if r), file=sys.stderr, flush=True)
-    summary = {}
-    for tag, r in rows.items():
-        n = len(r)
-        summary[tag] = {
-            "solves": n,
-            "method": sides[tag][0].solver.method,
-            "rtol": sides[tag][0].solver.rtol, "atol": sides[tag][0].solver.atol,
-            "mean_nfe_torchdiffeq": round(sum(x["nfe_torchdiffeq"] for x in r) / n, 2),
-            "mean_calls_torchode": round(sum(x["calls_torchode"] for x in r) / n, 2),
-            "mean_calls_torchode_shared_norm": round(sum(x["calls_torchode_shared_norm"] for x in r) / n, 2),
-            "mean_torchode_steps_per_sentence": round(sum(x["torchode_steps_mean"] for x in r) / n, 2),
-            "mean_torchode_steps_slowest_sentence": round(sum(x["torchode_steps_max"] for x in r) / n, 2),
-            "batches_torchode_fewer": sum(x["calls_torchode"] < x["nfe_torchdiffeq"] for x in r),
-            "batches_torchode_more": sum(x["calls_torchode"] > x["nfe_torchdiffeq"] for x in r),
-            # largest |h(t1) - reference| over all positions, relative to max |reference|
-            "mean_error_torchdiffeq": round(sum(x["error_torchdiffeq"] for x in r) / n, 4),
-            "mean_error_torchode": round(sum(x["error_torchode"] for x in r) / n, 4),
-            "torchode_failed_sentences": sum(x["torchode_failed"] for x in r),
-        }
+    summary = {tag: summarise(sides[tag], r) for tag, r in rows.items()}
     return {"checkpoint": checkpoint, "subset": subset, "max_tokens": max_tokens,
             "summary": summary, "rows": rows}
 

@@ -2,7 +2,7 @@
 # How tests/data/old-checkpoint-ad52c09/ was made: a tiny model trained and saved by the code
 # of commit ad52c09 (the last one with node_transformer/options.py, before NodeConfig), with
 # its dictionaries and test split, so that tests load a checkpoint an older version wrote.
-#   bash tests/data/make_old_checkpoint.sh      (needs /work/main/.venv or PYTHON_BIN_DIR)
+#   bash tests/data/make_old_checkpoint.sh      (needs the checkout's .venv or PYTHON_BIN_DIR)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 BIN=${PYTHON_BIN_DIR:-$(cd "$HERE/../.." && pwd)/.venv/bin}
