@@ -13,7 +13,7 @@ import pytest
 from experiments.configs import ROOT
 
 SCRIPT = os.path.join(ROOT, "scripts", "prepare_multi30k.py")
-REAL = "/work/shared/data/multi30k"
+REAL = os.path.join(os.path.dirname(ROOT), "shared", "data", "multi30k")  # ../shared beside the checkout
 SPLITS = {"train": 200, "valid": 20, "test2016": 20, "test2017": 20, "test2018": 20}
 EN = "a man woman dog child plays runs on the street in park with ball red blue two people are".split()
 DE = "ein mann frau hund kind spielt läuft auf der straße im park mit ball rot blau grün über".split()

@@ -25,6 +25,7 @@ validation, which are the training solves' without their dropout masks.
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import json
 import os
@@ -34,6 +35,8 @@ from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from ..files import command_line
 
 PROG = "error_drivers"
 SIDES = ("encoder", "decoder")
@@ -290,7 +293,8 @@ def main(argv=None) -> int:
     print("\n".join(render(rows)))
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
-            json.dump({"command_line": " ".join(["scripts/error_drivers.py", *(argv or sys.argv[1:])]),
+            json.dump({"command_line": command_line(["scripts/error_drivers.py", *(argv or sys.argv[1:])]),
+                       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                        "rows": rows}, f, indent=1)
     if a.figure:
         figure(rows, a.figure)
