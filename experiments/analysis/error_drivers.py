@@ -43,6 +43,34 @@ SIDES = ("encoder", "decoder")
 CHECKPOINT = re.compile(r"checkpoint_(\d+)_(\d+)\.pt$")
 
 
+PARTS = ("self_attn", "encoder_attn", "ffn")  # pre-norm dynamics: f is the sum of their outputs
+
+
+class SubLayerOutputs:
+    """The outputs of a pre-norm dynamics' sub-layers at each evaluation (forward hooks), so
+    that each stage k_i splits into self-attention + encoder-attention + feed-forward parts
+    (with dropout off, as here, they add up to f exactly)."""
+
+    def __init__(self, dynamics: nn.Module):
+        self.parts: Dict[str, List[Tensor]] = {}
+        self.handles = []
+        if getattr(dynamics, "post_norm", True):
+            return  # the study's form normalises f: no sum to split
+        modules = dict(self_attn=dynamics.self_attn, encoder_attn=dynamics.encoder_attn, ffn=dynamics.fc2)
+        for name, module in modules.items():
+            if module is None:
+                continue
+            self.parts[name] = []
+
+            def hook(_, __, out, name=name):
+                self.parts[name].append(out[0] if isinstance(out, tuple) else out)
+            self.handles.append(module.register_forward_hook(hook))
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 class WatchedDynamics(nn.Module):
     """The solver's function with every evaluation kept and the steps told apart (torchdiffeq
     calls callback_step before each trial step, then accept or reject)."""
@@ -52,7 +80,7 @@ class WatchedDynamics(nn.Module):
         self.func = func
         self.new_stages = new_stages  # evaluations a trial step makes after its first stage
         self.evals: List[Tensor] = []
-        self.f0: Optional[Tensor] = None  # the first stage of the next trial step
+        self.f0_index = 0  # which evaluation is the first stage of the next trial step
         self.trial = None
         self.ratio_input: Optional[Tensor] = None  # what the norm last saw: the scaled error
         self.accepted: List[dict] = []
@@ -60,19 +88,18 @@ class WatchedDynamics(nn.Module):
 
     def forward(self, t, y, **inputs):
         out = self.func(t, y, **inputs)
-        if not self.evals:
-            self.f0 = out
         self.evals.append(out)
         return out
 
     def callback_step(self, t0, y0, dt):
-        self.trial = (y0, dt, len(self.evals), self.f0)
+        self.trial = (y0, dt, len(self.evals), self.f0_index)
 
     def callback_accept_step(self, t0, y0, dt):
-        y0, dt, start, f0 = self.trial
-        stages = [f0] + self.evals[start:start + self.new_stages]
-        self.accepted.append(dict(y0=y0, dt=dt, stages=stages, scaled=self.ratio_input))
-        self.f0 = self.evals[-1]
+        y0, dt, start, first = self.trial
+        indices = [first] + list(range(start, start + self.new_stages))
+        self.accepted.append(dict(y0=y0, dt=dt, stages=[self.evals[i] for i in indices],
+                                  indices=indices, scaled=self.ratio_input))
+        self.f0_index = len(self.evals) - 1
 
     def callback_reject_step(self, t0, y0, dt):
         self.rejected += 1
@@ -91,6 +118,24 @@ def stage_terms(step: dict, method: str, rtol: float, atol: float) -> List[Tenso
     y1 = y0 + sum(float(c) * dt * k for c, k in zip(c_sol, ks))
     tol = atol + rtol * torch.max(y0.abs(), y1.abs())
     return [float(c) * dt * k / tol for c, k in zip(c_error, ks)]
+
+
+def part_shares(step: dict, method: str, rtol: float, atol: float, outputs: SubLayerOutputs,
+                keep: Optional[Tensor], e: Tensor) -> Dict[str, float]:
+    """Each sub-layer's share <e_part, e> / ||e||^2 of an accepted step's scaled error."""
+    if not outputs.parts:
+        return {}
+    _, _, c_sol, c_error = _tableau(method)
+    y0, dt, ks = step["y0"], step["dt"], step["stages"]
+    y1 = y0 + sum(float(c) * dt * k for c, k in zip(c_sol, ks))
+    tol = atol + rtol * torch.max(y0.abs(), y1.abs())
+    mask = 1.0 if keep is None else keep
+    total = (e.pow(2) * mask).sum()
+    shares = {}
+    for name, outs in outputs.parts.items():
+        part = sum(float(c) * dt * outs[i].to(e.dtype) * mask for c, i in zip(c_error, step["indices"])) / tol
+        shares[name] = float((part * e * mask).sum() / total)
+    return shares
 
 
 def step_shares(step: dict, terms: List[Tensor], keep: Optional[Tensor]) -> dict:
@@ -129,6 +174,7 @@ def analyse_block(block, calls: List[tuple]) -> dict:
     alpha, _, _, _ = _tableau(s.method)
     sums = dict(weight=0.0, stages=[0.0] * (len(alpha) + 1), top1pct=0.0, top10pct=0.0,
                 first=0.0, last=0.0, rest=0.0)
+    parts: Dict[str, float] = {}
     nfe, accepted, rejected, ratios, worst = [], [], [], [], []
     for h0, padding_mask, inputs in calls:
         func, y0, solve_inputs, norm, keep = block.solver_problem(h0, padding_mask, **inputs)
@@ -139,7 +185,11 @@ def analyse_block(block, calls: List[tuple]) -> dict:
             watched.ratio_input = x
             return base(x)
 
-        s.solve(watched, y0, inputs=solve_inputs, norm=recording, enforce_budget=False)
+        outputs = SubLayerOutputs(block.dynamics)
+        try:
+            s.solve(watched, y0, inputs=solve_inputs, norm=recording, enforce_budget=False)
+        finally:
+            outputs.close()
         nfe.append(len(watched.evals))
         accepted.append(len(watched.accepted))
         rejected.append(watched.rejected)
@@ -149,6 +199,8 @@ def analyse_block(block, calls: List[tuple]) -> dict:
             if step["scaled"] is not None:  # the decomposition is the controller's own error
                 torch.testing.assert_close(sum(terms), step["scaled"], rtol=1e-3, atol=1e-4)
             w = shares["total"]
+            for name, share in part_shares(step, s.method, s.rtol, s.atol, outputs, keep, sum(terms)).items():
+                parts[name] = parts.get(name, 0.0) + w * share
             ratios.append(float(base(sum(terms))))
             sums["weight"] += w
             for i, share in enumerate(shares["stages"]):
@@ -163,6 +215,7 @@ def analyse_block(block, calls: List[tuple]) -> dict:
                 rejected_per_solve=mean(rejected), mean_accepted_ratio=mean(ratios),
                 worst_position_over_mean=mean(worst),
                 stage_shares=[round(v / weight, 4) for v in sums.pop("stages")],
+                sublayer_shares={k: round(v / weight, 4) for k, v in parts.items()},
                 position_shares={k: round(v / weight, 4) for k, v in sums.items()})
 
 
@@ -232,7 +285,7 @@ def render(rows: List[dict]) -> List[str]:
     lines = []
     for side in SIDES:
         lines.append(f"{side}: updates | NFE/solve | accepted | rejected | mean ratio | stage shares | "
-                     "top 1% / 10% positions | first / last / rest | worst position / mean")
+                     "top 1% / 10% positions | first / last / rest | worst position / mean | sub-layer shares")
         for r in rows:
             d = r["sides"].get(side)
             if d is None:
@@ -243,7 +296,8 @@ def render(rows: List[dict]) -> List[str]:
                          f"{' '.join(f'{v:+.2f}' for v in d['stage_shares'])} | "
                          f"{p['top1pct']:.2f} / {p['top10pct']:.2f} | "
                          f"{p['first']:.2f} / {p['last']:.2f} / {p['rest']:.2f} | "
-                         f"{d['worst_position_over_mean']:.1f}")
+                         f"{d['worst_position_over_mean']:.1f} | "
+                         + " ".join(f"{k} {v:+.2f}" for k, v in d.get("sublayer_shares", {}).items()))
     return lines
 
 
@@ -259,14 +313,14 @@ def figure(rows: List[dict], path: str) -> None:
             continue
         ups = [r["updates"] for r in got]
         axes[0].plot(ups, [r["sides"][side]["nfe_per_solve"] for r in got], style, marker="o", label=side)
-        stages = list(zip(*[r["sides"][side]["stage_shares"] for r in got]))
-        for i, share in enumerate(stages):
-            axes[1].plot(ups, share, style, label=f"{side} k{i + 1}")
+        for name in got[-1]["sides"][side].get("sublayer_shares", {}):
+            axes[1].plot(ups, [r["sides"][side]["sublayer_shares"][name] for r in got], style,
+                         marker="o", label=f"{side} {name}")
         for key in ("top10pct", "first", "last"):
             axes[2].plot(ups, [r["sides"][side]["position_shares"][key] for r in got], style,
                          marker=".", label=f"{side} {key}")
     axes[0].set(title="forward evaluations per solve", xlabel="updates")
-    axes[1].set(title="stage shares of ||error||^2", xlabel="updates")
+    axes[1].set(title="sub-layer shares of ||error||^2", xlabel="updates")
     axes[2].set(title="position shares of ||error||^2", xlabel="updates")
     for ax in axes:
         ax.legend(fontsize=6)
