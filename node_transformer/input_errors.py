@@ -1,9 +1,9 @@
 """Bad input a user can fix, said in one line.
 
 fairseq's tools end every error in a traceback. The plugin raises these exceptions where it
-finds the problem (a checkpoint torch cannot read, an old format), so that Python callers (the hub) catch them as usual; ``fairseq_fixes`` turns them
-into one line and a non-zero status in the command-line tools that load checkpoints
-(``stop_with_one_line``).
+finds the problem (a checkpoint torch cannot read, an old format), so that Python callers (the
+hub) catch them as usual; ``fairseq_fixes`` turns them into one line and a non-zero status in
+the command-line tools that load checkpoints (``stop_with_one_line``).
 """
 
 from typing import Mapping, Optional

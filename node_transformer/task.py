@@ -40,7 +40,6 @@ from omegaconf import II
 from odeint_ext import ODESolveError
 
 from .config import NodeConfig
-from .input_errors import PREFIX
 from .metric_names import (BACKWARD, BATCHES, COUNTERS, CUDA_PEAK, DEFERRED, FIXED_STEP, FORWARD,
                            NFE_PREFIX, PENALTY_PREFIX, REPLAYED, SIDES, SKIPPED, VALID_COUNTERS,
                            nfe_key, penalty_key)
@@ -196,25 +195,25 @@ class NODETranslationTask(TranslationTask):
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         """A data directory that is not there, or not fairseq-preprocess's, stops with one line."""
-        paths = utils.split_paths(cfg.data) if cfg.data else []
-        if not paths or not os.path.isdir(paths[0]):
-            raise SystemExit(f"{PREFIX}data directory {paths[0] if paths else cfg.data!r} does not "
-                             "exist (the --destdir of fairseq-preprocess)")
+        paths = utils.split_paths(cfg.data) if cfg.data else [""]
+        if not os.path.isdir(paths[0]):
+            raise SystemExit(f"node_transformer: error: data directory {paths[0]!r} does not exist "
+                             "(the --destdir of fairseq-preprocess)")
         langs = [lang for lang in (cfg.source_lang, cfg.target_lang) if lang]
         needed = [f"dict.{lang}.txt" for lang in langs]
         present = [n for n in os.listdir(paths[0]) if n.startswith("dict.") and n.endswith(".txt")]
         lacking = [n for n in needed if n not in present] or ([] if present else ["dict.*.txt"])
         if lacking:
-            raise SystemExit(f"{PREFIX}data directory {paths[0]} holds no {' / '.join(lacking)}: "
-                             "not a directory fairseq-preprocess wrote (--destdir)")
+            raise SystemExit(f"node_transformer: error: data directory {paths[0]} holds no "
+                             f"{' / '.join(lacking)}: not a directory fairseq-preprocess wrote (--destdir)")
         return super().setup_task(cfg, **kwargs)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         try:
             return super().load_dataset(split, epoch, combine, **kwargs)
         except FileNotFoundError as e:  # fairseq's "Dataset not found: SPLIT (DIR)"
-            raise SystemExit(f"{PREFIX}{e}: no {split}.* files there (the split names of "
-                             "fairseq-preprocess: --trainpref, --validpref, --testpref)") from None
+            raise SystemExit(f"node_transformer: error: {e}: no {split}.* files there (the split "
+                             "names of fairseq-preprocess: --trainpref, --validpref, --testpref)") from None
 
     # -- fairseq-interactive: a line too long is skipped, the others translated -----------
 
@@ -451,12 +450,12 @@ class NODETranslationTask(TranslationTask):
             epochs = f"epochs {self._epoch - 1} and {self._epoch}"
         why = ""
         if node.node_on_budget == "defer":
-            left = self._end_run(f"--max-epoch {max_epoch}" if last else "two epochs in a row trained nothing")
+            left = self._end_run(f"--max-epoch {max_epoch}" if last else "two idle epochs in a row")
             why = f", and no later epoch trains its {left} deferred batches"
             if last:
                 why += f" (--max-epoch {max_epoch})"
-        raise SystemExit(f"{PREFIX}{epochs} trained nothing: a solve failed in every update "
-                         f"(--node-on-budget {node.node_on_budget}){why}; stopped before saving a "
+        raise SystemExit(f"node_transformer: error: {epochs} trained nothing: a solve failed in every "
+                         f"update (--node-on-budget {node.node_on_budget}){why}; stopped before saving a "
                          "checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step")
 
     def _end_run(self, reason: str) -> int:

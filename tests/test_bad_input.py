@@ -88,7 +88,8 @@ def test_a_truncated_checkpoint_to_resume_from(trained, tmp_path):
     data, _, checkpoint = trained
     last = tmp_path / "ckpt" / "checkpoint_last.pt"
     before = _truncated(checkpoint, last)
-    one_line(resume(data, last.parent, *FLAGS), re.escape(f"{last} is not a checkpoint torch can read ") + ".+")
+    one_line(resume(data, last.parent, *FLAGS),
+             re.escape(f"{last} is not a checkpoint torch can read ") + ".+")
     assert os.listdir(last.parent) == ["checkpoint_last.pt"] and last.read_bytes() == before
 
 
