@@ -1,4 +1,4 @@
-"""Four small workarounds for the fairseq we install, applied when the plugin is imported.
+"""Seven small workarounds for the fairseq we install, applied when the plugin is imported.
 
 1. torch >= 2.6 loads with ``weights_only=True`` by default, and fairseq's checkpoints hold
    a few Python objects besides tensors, so fairseq-generate and resumed training fail with
@@ -21,6 +21,23 @@
    "terminate called without an active exception" after our one-line error (once in three
    full test runs). An ``atexit`` hook, which runs before finalisation, lets each such thread finish the
    batch it is fetching and return.
+5. A checkpoint torch cannot read (truncated, partly written) ended fairseq-generate and a
+   resumed fairseq-train in a traceback through torch's zip reader ("OSError: [Errno 22]").
+   ``checkpoint_utils.load_checkpoint_to_cpu`` is wrapped: when its load fails and a plain
+   ``torch.load`` of the file fails too, it raises ``UnreadableCheckpoint`` naming the file.
+6. The command-line tools' checkpoint loads (``Trainer.load_checkpoint`` for resuming,
+   ``checkpoint_utils.load_model_ensemble`` for fairseq-generate and fairseq-interactive) turn
+   the plugin's ``input_errors.NodeInputError`` (unreadable, an old format), also when fairseq
+   wrapped it, into one line and a non-zero status; so is a resume whose checkpoint holds
+   other parameters than the model (another --arch or --node-block: fairseq's "please ensure
+   that the architectures match" came after torch's list of every key). The hub
+   (``from_pretrained``) keeps the exceptions.
+7. fairseq's Trainer counts every ``train_step`` as an update, also one in which the task
+   took no optimizer step (every batch of it skipped or deferred): ``num_updates``, the
+   learning-rate schedule and ``--max-update`` would count steps never taken. fairseq itself
+   does not count an fp16 overflow, which takes no step. ``Trainer.train_step`` is wrapped:
+   when the task's ``stepped`` says False, the count is put back (``set_num_updates``, which
+   also sets the schedule's rate and the model's count).
 """
 
 import argparse
@@ -32,8 +49,12 @@ import time
 
 import numpy as np
 import torch
-from fairseq import options
+from fairseq import checkpoint_utils, options
 from fairseq.data import data_utils, iterators
+from fairseq.trainer import Trainer
+
+from .input_errors import (PREFIX, UnreadableCheckpoint, describe_mismatch, find, first_line,
+                           stop_with_one_line)
 
 SAFE_GLOBALS = [argparse.Namespace]
 
@@ -109,3 +130,75 @@ def stop_background_loaders(timeout: float = 10.0) -> bool:
 if not getattr(iterators, "_node_transformer_stops_loaders", False):  # once, however often imported
     iterators._node_transformer_stops_loaders = True
     atexit.register(stop_background_loaders)
+
+
+def _torch_reads(path) -> bool:
+    try:
+        torch.load(path, map_location="cpu")
+        return True
+    except Exception:
+        return False
+
+
+def _load_checkpoint_naming_unreadable_files(path, *args, **kwargs):
+    try:
+        return _fairseq_load_checkpoint_to_cpu(path, *args, **kwargs)
+    except Exception as e:
+        if find(e) is not None or _torch_reads(path):
+            raise  # the file reads: the failure is elsewhere
+        raise UnreadableCheckpoint(f"{path} is not a checkpoint torch can read (truncated or "
+                                   f"partly written?): {first_line(e)}") from e
+
+
+def _parameters_differ(trainer, filename):
+    """What differs between the trainer's model and the checkpoint's parameters, or None."""
+    try:
+        state = _fairseq_load_checkpoint_to_cpu(filename)
+    except Exception:
+        return None
+    problem = describe_mismatch(trainer.get_model().state_dict(), state.get("model") or {})
+    arch = getattr((state.get("cfg") or {}).get("model"), "arch", None)
+    if problem and arch and arch != getattr(trainer.cfg.model, "arch", arch):
+        problem = f"it was written by --arch {arch}; {problem}"
+    return problem
+
+
+def _resume_stopping_with_one_line(self, filename, *args, **kwargs):
+    try:
+        return _fairseq_trainer_load_checkpoint(self, filename, *args, **kwargs)
+    except Exception as e:
+        if find(e) is not None:
+            raise stop_with_one_line(e, filename, "cannot resume from") from None
+        problem = _parameters_differ(self, filename)
+        if problem is None:
+            raise
+        raise SystemExit(f"{PREFIX}cannot resume from {filename}: {problem}") from None
+
+
+def _load_ensemble_stopping_with_one_line(filenames, *args, **kwargs):
+    try:
+        return _fairseq_load_model_ensemble(filenames, *args, **kwargs)
+    except Exception as e:
+        if find(e) is None:
+            raise
+        raise stop_with_one_line(e, ":".join(filenames), "cannot load") from None
+
+
+def _train_step_counting_steps_taken(self, samples, raise_oom=False):
+    before = self.get_num_updates()
+    out = _fairseq_train_step(self, samples, raise_oom)
+    if getattr(self.task, "stepped", True) is False and self.get_num_updates() > before:
+        self.set_num_updates(before)
+    return out
+
+
+if not getattr(checkpoint_utils, "_node_transformer_fixes", False):  # once, however often imported
+    checkpoint_utils._node_transformer_fixes = True
+    _fairseq_load_checkpoint_to_cpu = checkpoint_utils.load_checkpoint_to_cpu
+    checkpoint_utils.load_checkpoint_to_cpu = _load_checkpoint_naming_unreadable_files
+    _fairseq_load_model_ensemble = checkpoint_utils.load_model_ensemble
+    checkpoint_utils.load_model_ensemble = _load_ensemble_stopping_with_one_line
+    _fairseq_trainer_load_checkpoint = Trainer.load_checkpoint
+    Trainer.load_checkpoint = _resume_stopping_with_one_line
+    _fairseq_train_step = Trainer.train_step
+    Trainer.train_step = _train_step_counting_steps_taken

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .config import NodeConfig
 from .dynamics import AttentionRecord, SolveDropout
 from .incremental import StageCache, position_free
+from .input_errors import OldCheckpointFormat
 from .ode_block import ODEBlock
 from .rk_blocks import GatedRK2Block, PredictorCorrectorBlock, RK2Gate
 
@@ -66,7 +67,7 @@ class SideBuild:
         if not old:
             return
         if layers != 1:
-            raise ValueError(f"{prefix}layers: this checkpoint normalises after each of its {layers} "
+            raise OldCheckpointFormat(f"{prefix}layers: this checkpoint normalises after each of its {layers} "
                              "pre-norm ODE blocks, which this version no longer builds (it "
                              "normalises once after the last block); load it with an older "
                              "node-transformer")

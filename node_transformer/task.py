@@ -14,14 +14,18 @@ retry or defer the same batch together and none ever runs a backward the others 
 a batch has trained, a third says whether any of them has a deferred batch to train with it.
 Every worker takes part in each, one on fairseq's filler batch (``ignore_grad``) too.
 
-An epoch whose every update failed stops fairseq-train before its checkpoint is written
-(under defer: the second such epoch in a row, the first one's batches come back in the next).
+An update in which every batch failed takes no optimizer step and is not counted: fairseq's
+``num_updates``, learning-rate schedule and --max-update count steps taken (fairseq_fixes 7),
+as fairseq does for an fp16 overflow. An epoch whose every update failed stops fairseq-train
+before its checkpoint is written (under defer: unless the next epoch can train its batches,
+i.e. it is neither the second such epoch in a row nor the last of --max-epoch). Deferred
+batches that the run's end leaves untrained are named in a warning.
 """
-
-from __future__ import annotations
 
 import logging
 import math
+import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -31,6 +35,7 @@ from fairseq.logging import meters, metrics
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import II
 
 from odeint_ext import ODESolveError
 
@@ -176,17 +181,81 @@ class PeakMeter(meters.Meter):
 setattr(meters, PeakMeter.__name__, PeakMeter)
 
 
-@register_task("node_translation", dataclass=TranslationConfig)
+@dataclass
+class NodeTranslationConfig(TranslationConfig):
+    """fairseq's translation settings, and the run's limits (fairseq's own interpolation of
+    another group's setting, as ``train_subset``): whether an epoch is the last decides what
+    becomes of its deferred batches."""
+
+    max_epoch: int = II("optimization.max_epoch")
+    max_update: int = II("optimization.max_update")
+
+
+@register_task("node_translation", dataclass=NodeTranslationConfig)
 class NODETranslationTask(TranslationTask):
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self._live_batches = 0  # batches of the current update that reached the optimizer
-        self._deferred: List[dict] = []  # over budget this epoch (on the CPU)
-        self._replay: List[dict] = []  # deferred in an earlier epoch, to train on now
+        self.stepped = None  # whether the last update took an optimizer step (fairseq_fixes 7)
+        self._deferred: List[Tuple[int, dict]] = []  # (epoch, batch) over budget this epoch, on the CPU
+        self._replay: List[Tuple[int, dict]] = []  # deferred in an earlier epoch, to train on now
         self._train_itr = None  # the training set's epoch iterator (to see an epoch end)
         self._epoch = 0
         self._epoch_steps = 0  # optimizer steps taken in this epoch
         self._idle_epochs = 0  # epochs in a row that took none
+        self._ended = False  # the run's last update is done
+        self._interactive = None  # (token lists, number of the first line): fairseq-interactive's input
+        self._lines_read = 0
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        """A data directory that is not there, or not fairseq-preprocess's, stops with one line."""
+        paths = utils.split_paths(cfg.data) if cfg.data else [""]
+        if not os.path.isdir(paths[0]):
+            raise SystemExit(f"node_transformer: error: data directory {paths[0]!r} does not exist "
+                             "(the --destdir of fairseq-preprocess)")
+        langs = [lang for lang in (cfg.source_lang, cfg.target_lang) if lang]
+        needed = [f"dict.{lang}.txt" for lang in langs]
+        present = [n for n in os.listdir(paths[0]) if n.startswith("dict.") and n.endswith(".txt")]
+        lacking = [n for n in needed if n not in present] or ([] if present else ["dict.*.txt"])
+        if lacking:
+            raise SystemExit(f"node_transformer: error: data directory {paths[0]} holds no "
+                             f"{' / '.join(lacking)}: not a directory fairseq-preprocess wrote (--destdir)")
+        return super().setup_task(cfg, **kwargs)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        try:
+            return super().load_dataset(split, epoch, combine, **kwargs)
+        except FileNotFoundError as e:  # fairseq's "Dataset not found: SPLIT (DIR)"
+            raise SystemExit(f"node_transformer: error: {e}: no {split}.* files there (the split "
+                             "names of fairseq-preprocess: --trainpref, --validpref, --testpref)") from None
+
+    # -- fairseq-interactive: a line too long is skipped, the others translated -----------
+
+    def get_interactive_tokens_and_lengths(self, lines, encode_fn):
+        tokens, lengths = super().get_interactive_tokens_and_lengths(lines, encode_fn)
+        self._interactive = (tokens, self._lines_read)
+        self._lines_read += len(lines)
+        return tokens, lengths
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        dataset = super().build_dataset_for_inference(src_tokens, src_lengths, constraints=constraints)
+        if self._interactive is not None and src_tokens is self._interactive[0]:
+            dataset.node_first_line = self._interactive[1]  # fairseq-interactive's lines
+        return dataset
+
+    def filter_indices_by_size(self, indices, dataset, max_positions=None, ignore_invalid_inputs=False):
+        """fairseq stops at an input over the model's positions; in fairseq-interactive, where
+        each line is its own input, that line is named and skipped, the others translated."""
+        first = getattr(dataset, "node_first_line", None)
+        if first is None or ignore_invalid_inputs:
+            return super().filter_indices_by_size(indices, dataset, max_positions, ignore_invalid_inputs)
+        kept, too_long = dataset.filter_indices_by_size(indices, max_positions)
+        for i in too_long:
+            logger.warning("input line %d (S-%d) has %d tokens with end of sentence, more than the "
+                           "model's %s source positions: skipped", first + i + 1, first + i,
+                           dataset.src_sizes[i], _source_positions(max_positions))
+        return kept
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         # fairseq main drops the last batch when its size is not a multiple of
@@ -203,6 +272,13 @@ class NODETranslationTask(TranslationTask):
             return self.cfg.train_subset
         except Exception:
             return None
+
+    def _limit(self, name: str) -> int:
+        """--max-epoch / --max-update of fairseq-train (0: none, and outside fairseq-train)."""
+        try:
+            return int(getattr(self.cfg, name) or 0)
+        except Exception:
+            return 0
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
@@ -312,7 +388,7 @@ class NODETranslationTask(TranslationTask):
             else:
                 deferred = policy == "defer" and not ignore_grad
                 if deferred:
-                    self._deferred.append(utils.move_to_cpu(sample))
+                    self._deferred.append((self._epoch, utils.move_to_cpu(sample)))
                 counter = DEFERRED if deferred else SKIPPED
                 logger.warning("%s batch of %d sentences: %s", "deferred" if deferred else "skipped",
                                sample.get("nsentences", 0), error)
@@ -345,7 +421,7 @@ class NODETranslationTask(TranslationTask):
         every worker runs the same number of backwards."""
         device = next(model.parameters()).device
         mine = offer and bool(self._replay)
-        replay = utils.apply_to_sample(lambda t: t.to(device), self._replay.pop(0)) if mine else sample
+        replay = utils.apply_to_sample(lambda t: t.to(device), self._replay.pop(0)[1]) if mine else sample
         again, error = self._attempt(replay, model, criterion, optimizer, update_num, not mine)
         if error is not None:
             logger.warning("dropping a deferred batch, over budget again: %s", error)
@@ -359,6 +435,10 @@ class NODETranslationTask(TranslationTask):
         skip = self._live_batches == 0
         self._live_batches = 0
         self._epoch_steps += not skip
+        self.stepped = not skip  # a skipped update is not counted (fairseq_fixes 7)
+        max_update = self._limit("max_update")
+        if not skip and max_update and update_num + 1 >= max_update:
+            self._end_run(f"--max-update {max_update}")
         if self._train_itr is not None and self._train_itr.end_of_epoch():
             self._end_epoch(model)
         if skip:
@@ -375,17 +455,42 @@ class NODETranslationTask(TranslationTask):
         """The epoch's last update: an epoch that trained nothing stops fairseq-train, before
         its validation and checkpoint (those of earlier epochs stay as they are). Every worker
         stops at the same update: the skip decisions are collective. Under --node-on-budget
-        defer one such epoch is let through: its batches come back in the next one."""
+        defer one such epoch is let through, its batches coming back in the next one, unless
+        it is the last of --max-epoch."""
         self._idle_epochs = 0 if self._epoch_steps else self._idle_epochs + 1
+        max_epoch = self._limit("max_epoch")
+        last = bool(max_epoch) and self._epoch >= max_epoch
         node = node_settings(model)
-        if self._idle_epochs == 0 or (node.node_on_budget == "defer" and self._idle_epochs == 1):
+        if self._idle_epochs == 0 or (node.node_on_budget == "defer" and self._idle_epochs == 1 and not last):
+            if last:
+                self._end_run(f"--max-epoch {max_epoch}")
             return
         epochs = f"epoch {self._epoch}"
         if self._idle_epochs > 1:
             epochs = f"epochs {self._epoch - 1} and {self._epoch}"
+        why = ""
+        if node.node_on_budget == "defer":
+            left = self._end_run(f"--max-epoch {max_epoch}" if last else "two idle epochs in a row")
+            why = f", and no later epoch trains its {left} deferred batches"
+            if last:
+                why += f" (--max-epoch {max_epoch})"
         raise SystemExit(f"node_transformer: error: {epochs} trained nothing: a solve failed in every "
-                         f"update (--node-on-budget {node.node_on_budget}); stopped before saving a "
+                         f"update (--node-on-budget {node.node_on_budget}){why}; stopped before saving a "
                          "checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step")
+
+    def _end_run(self, reason: str) -> int:
+        """The run's last update is done: deferred batches no later update trains are named
+        (how many, from which epoch). Returns how many."""
+        if self._ended:
+            return 0
+        self._ended = True
+        left = self._replay + self._deferred
+        if left:
+            epochs = sorted({epoch for epoch, _ in left})
+            counts = ", ".join(f"{sum(e == epoch for e, _ in left)} from epoch {epoch}" for epoch in epochs)
+            logger.warning("%d deferred batches were never trained (%s): the run ends here (%s); "
+                           "they count in node_deferred, not in node_replayed", len(left), counts, reason)
+        return len(left)
 
     def valid_step(self, sample, model, criterion):
         reset_nfe(model)
@@ -447,6 +552,11 @@ class NODETranslationTask(TranslationTask):
             count = sum(log.get(key, 0) for log in logging_outputs)
             if count:
                 metrics.log_scalar_sum(key, count)
+
+
+def _source_positions(max_positions) -> str:
+    """The source side of fairseq's max_positions (a number, or a (source, target) pair)."""
+    return str(max_positions[0] if isinstance(max_positions, (tuple, list)) else max_positions)
 
 
 def _save_grads(model) -> Dict[torch.nn.Parameter, torch.Tensor]:

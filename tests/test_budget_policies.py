@@ -108,7 +108,7 @@ def test_deferred_batch_over_budget_again_is_dropped(data_dir, monkeypatch):
     # gradients alone remain (the replay's backward is undone) and the batch is gone.
     budget = backward_budget(task, model, crit, opt, hard)
     opt.zero_grad()
-    task._replay.append(hard)
+    task._replay.append((2, hard))  # (epoch deferred in, batch)
     task._live_batches = 0
     real = task._attempt
 
