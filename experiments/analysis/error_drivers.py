@@ -19,7 +19,8 @@ rejected steps per solve are reported beside. Evaluation mode, no dropout: the s
 validation, which are the training solves' without their dropout masks.
 
   python scripts/error_drivers.py runs/adaptive-probes/adaptive-dopri5-seed1/checkpoints \
-      --data-bin data-bin/multi30k_en_de --json docs/error_drivers.json --figure docs/figures/error_drivers.png
+      runs/adaptive-probes/adaptive-dopri5-err-local-seed1/checkpoints --data-bin data-bin/multi30k_en_de \
+      --json docs/error_drivers.json --figure docs/figures/error_drivers.png
 """
 
 from __future__ import annotations
@@ -281,18 +282,27 @@ def checkpoints_in(folder: str) -> List[str]:
     return sorted(found, key=lambda p: int(CHECKPOINT.search(p).group(2)))
 
 
+def run_name(path: str) -> str:
+    """The run a checkpoint belongs to: the folder above its checkpoints/ folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(folder) == "checkpoints":
+        folder = os.path.dirname(folder)
+    return os.path.basename(folder)
+
+
 def render(rows: List[dict]) -> List[str]:
     lines = []
     for side in SIDES:
-        lines.append(f"{side}: updates | NFE/solve | accepted | rejected | mean ratio | stage shares | "
+        lines.append(f"{side}: run | updates | NFE/solve | accepted | rejected | mean ratio | stage shares | "
                      "top 1% / 10% positions | first / last / rest | worst position / mean | sub-layer shares")
         for r in rows:
             d = r["sides"].get(side)
             if d is None:
                 continue
             p = d["position_shares"]
-            lines.append(f"  {r['updates']} | {d['nfe_per_solve']:.1f} | {d['accepted_per_solve']:.2f} | "
-                         f"{d['rejected_per_solve']:.2f} | {d['mean_accepted_ratio']:.3f} | "
+            lines.append(f"  {r.get('run', '')} | {r['updates']} | {d['nfe_per_solve']:.1f} | "
+                         f"{d['accepted_per_solve']:.2f} | {d['rejected_per_solve']:.2f} | "
+                         f"{d['mean_accepted_ratio']:.3f} | "
                          f"{' '.join(f'{v:+.2f}' for v in d['stage_shares'])} | "
                          f"{p['top1pct']:.2f} / {p['top10pct']:.2f} | "
                          f"{p['first']:.2f} / {p['last']:.2f} / {p['rest']:.2f} | "
@@ -302,26 +312,34 @@ def render(rows: List[dict]) -> List[str]:
 
 
 def figure(rows: List[dict], path: str) -> None:
+    """Per run (colour family) and side (line style): NFE per solve, the decoder's sub-layer
+    shares, the share of the top 10% of positions."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for side, style in zip(SIDES, ("-", "--")):
-        got = [r for r in rows if side in r["sides"]]
-        if not got:
-            continue
-        ups = [r["updates"] for r in got]
-        axes[0].plot(ups, [r["sides"][side]["nfe_per_solve"] for r in got], style, marker="o", label=side)
-        for name in got[-1]["sides"][side].get("sublayer_shares", {}):
-            axes[1].plot(ups, [r["sides"][side]["sublayer_shares"][name] for r in got], style,
-                         marker="o", label=f"{side} {name}")
-        for key in ("top10pct", "first", "last"):
-            axes[2].plot(ups, [r["sides"][side]["position_shares"][key] for r in got], style,
-                         marker=".", label=f"{side} {key}")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    runs = list(dict.fromkeys(r.get("run", "") for r in rows))
+    markers = "osv^D"
+    for n, run in enumerate(runs):
+        mine = [r for r in rows if r.get("run", "") == run]
+        for side, style in zip(SIDES, ("--", "-")):
+            got = [r for r in mine if side in r["sides"]]
+            if not got:
+                continue
+            ups = [r["updates"] for r in got]
+            m = markers[n % len(markers)]
+            axes[0].plot(ups, [r["sides"][side]["nfe_per_solve"] for r in got], style, marker=m,
+                         label=f"{run} {side}")
+            axes[2].plot(ups, [r["sides"][side]["position_shares"]["top10pct"] for r in got], style,
+                         marker=m, label=f"{run} {side}")
+            if side == "decoder":
+                for name in got[-1]["sides"][side].get("sublayer_shares", {}):
+                    axes[1].plot(ups, [r["sides"][side]["sublayer_shares"][name] for r in got], style,
+                                 marker=m, label=f"{run} {name}")
     axes[0].set(title="forward evaluations per solve", xlabel="updates")
-    axes[1].set(title="sub-layer shares of ||error||^2", xlabel="updates")
-    axes[2].set(title="position shares of ||error||^2", xlabel="updates")
+    axes[1].set(title="decoder: sub-layer shares of ||error||^2", xlabel="updates")
+    axes[2].set(title="share of ||error||^2 in the top 10% of positions", xlabel="updates")
     for ax in axes:
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -330,7 +348,8 @@ def figure(rows: List[dict], path: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoints", help="a folder of checkpoint_E_U.pt files (or one .pt file)")
+    p.add_argument("checkpoints", nargs="+",
+                   help="folders of checkpoint_E_U.pt files (one run each), or .pt files")
     p.add_argument("--data-bin", required=True)
     p.add_argument("--split", default="valid")
     p.add_argument("--sentences", type=int, default=200)
@@ -338,12 +357,18 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--figure", metavar="PNG")
     a = p.parse_args(argv)
-    paths = [a.checkpoints] if a.checkpoints.endswith(".pt") else checkpoints_in(a.checkpoints)
-    if not paths:
-        print(f"{PROG}: error: no checkpoint_E_U.pt in {a.checkpoints}", file=sys.stderr)
-        return 2
-    torch.manual_seed(1)
-    rows = [analyse_checkpoint(path, a.data_bin, a.split, a.sentences, a.max_tokens) for path in paths]
+    paths = []
+    for given in a.checkpoints:
+        found = [given] if given.endswith(".pt") else checkpoints_in(given)
+        if not found:
+            print(f"{PROG}: error: no checkpoint_E_U.pt in {given}", file=sys.stderr)
+            return 2
+        paths.extend(found)
+    rows = []
+    for path in paths:
+        torch.manual_seed(1)
+        rows.append(dict(run=run_name(path), **analyse_checkpoint(path, a.data_bin, a.split,
+                                                                   a.sentences, a.max_tokens)))
     print("\n".join(render(rows)))
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
