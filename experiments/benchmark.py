@@ -82,6 +82,16 @@ CONFIGS = {
         "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method",
         "adaptive_heun", "--node-rtol", "1e-1", "--node-atol", "1e-1", "--node-first-step", "1.0",
         "--node-backprop", "direct", "--lr", "4e-3"]),
+    # issue 30: the classic with two layers per side, the frontier at equal time (the same
+    # evaluations of a layer-sized f per token as one RK2 step), and dopri5 at tolerance 1e-2
+    # kept at few steps by the solver's own error estimate as a penalty (one step drawn per
+    # solve, Pal et al. 2023; equal-update probes in RESULTS.md)
+    "classic-2layer": ("02", ["--lr", "4e-3", "--encoder-layers", "2", "--decoder-layers", "2"]),
+    "adaptive-dopri5-err": ("04", [
+        "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method", "dopri5",
+        "--node-rtol", "1e-2", "--node-atol", "1e-2", "--node-first-step", "1.0",
+        "--node-backprop", "direct", "--node-error-penalty", "0.1", "--node-error-estimate",
+        "local", "--lr", "4e-3"]),
     # issue 22's best block at equal parameters and updates: ODE Transformer's gated RK2 over
     # [0, 2], pre-norm dynamics, backprop through its two evaluations (docs/blocks.md)
     "rk2-gated-t2": ("02", [
@@ -218,6 +228,17 @@ def nfe_per_update(summary: dict, direction: str) -> Optional[float]:
     return round(sum(means), 1) if means else None
 
 
+def nfe_forward_by_epoch(epochs: List[dict]) -> Dict[str, List[Optional[float]]]:
+    """Mean forward evaluations per training batch in each epoch, per NODE side (per solve
+    for the benchmark's configurations, which have one block per side); {} for the classic."""
+    out = {}
+    for side, tag in (("encoder", "enc"), ("decoder", "dec")):
+        values = [_float(r.get(f"train_nfe_{tag}_{mn.FORWARD}")) for r in epochs]
+        if any(v is not None for v in values):
+            out[side] = values
+    return out
+
+
 def row_of(name: str, summary: dict, epochs: List[dict], classic_best: Optional[float],
            at_minutes=AT_MINUTES, run: Optional[str] = None) -> dict:
     peak = summary.get(mn.CUDA_PEAK) or summary.get("peak_rss_mb")
@@ -232,6 +253,7 @@ def row_of(name: str, summary: dict, epochs: List[dict], classic_best: Optional[
         "tokens_per_second": summary.get("tokens_per_second"),
         "nfe_forward": nfe_per_update(summary, mn.FORWARD),
         "nfe_backward": nfe_per_update(summary, mn.BACKWARD),
+        "nfe_forward_by_epoch": nfe_forward_by_epoch(epochs),
         "peak_memory_mb": peak,
         "peak_memory_kind": "cuda_max_allocated" if summary.get(mn.CUDA_PEAK) else "rss",
         "updates": summary.get("updates"),

@@ -19,7 +19,8 @@ EPOCH_COLUMNS = (
      "train_nll_loss", "valid_nll_loss"]
     + [f"train_{k}" for k in NFE_KEYS] + [f"valid_{k}" for k in NFE_KEYS]
     + [mn.SKIPPED, f"valid_{mn.SKIPPED}"]
-    + list(POLICY_COUNTERS) + [f"train_{k}" for k in PENALTY_KEYS] + ["train_wps"]
+    + list(POLICY_COUNTERS) + [f"train_{k}" for k in PENALTY_KEYS]
+    + [f"train_{k}" for k in mn.ERROR_KEYS] + ["train_wps"]
 )
 
 LOG_LINE = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
@@ -125,7 +126,7 @@ def epoch_rows(parsed: dict) -> List[Dict[str, object]]:
         row[f"valid_{mn.SKIPPED}"] = v.get(mn.SKIPPED, 0 if node and v else "")
         for k in POLICY_COUNTERS:
             row[k] = t.get(k, 0 if node and t else "")
-        for k in PENALTY_KEYS:
+        for k in PENALTY_KEYS + mn.ERROR_KEYS:
             row[f"train_{k}"] = t.get(k, "")
         row["train_wps"] = t.get("wps", "")
         out.append(row)
