@@ -1,5 +1,6 @@
 """Build small NODE-Transformers and batches in-process, the way fairseq's CLI does."""
 
+import json
 import os
 import subprocess
 import sys
@@ -74,3 +75,51 @@ def train_argv(data, save_dir, model, *flags, lr, max_tokens, epochs, log=("--lo
             "--warmup-updates", "10", "--criterion", "label_smoothed_cross_entropy",
             "--label-smoothing", "0.1", "--max-tokens", str(max_tokens), "--max-epoch", str(epochs),
             "--save-dir", save_dir, "--no-epoch-checkpoints", *log, "--num-workers", "0", "--seed", "1"]
+
+
+class CliRun:
+    """One command of :func:`cli_runs`: its exit status (0, an int, or "not run") and output."""
+
+    def __init__(self, name, status, seconds, out):
+        self.name, self.status, self.seconds, self.out = name, status, seconds, out
+
+    @property
+    def ok(self):
+        return self.status == 0
+
+    def check(self):
+        """The output, or an AssertionError that shows the command's last lines."""
+        if not self.ok:
+            raise AssertionError(f"{self.name} failed ({self.status}):\n{self.out[-3000:]}")
+        return self.out
+
+
+def cli_runs(out_dir, steps, timeout=900, env=None):
+    """Run fairseq console commands one after another in one fresh process (see
+    tests/fairseq_runs.py): ``steps`` are dicts name, tool, argv (and optionally needs: the name
+    of a command that must have succeeded). Returns {name: CliRun}; a command the process did
+    not reach (timeout, crash) has status "not reached"."""
+    os.makedirs(out_dir, exist_ok=True)
+    plan = os.path.join(out_dir, "plan.json")
+    with open(plan, "w") as f:
+        json.dump(list(steps), f, indent=1)
+    try:
+        proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "fairseq_runs.py"),
+                               plan], capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, **(env or {})), stdin=subprocess.DEVNULL)
+        ended = f"the process ended ({proc.returncode}) before it:\n{proc.stderr[-3000:]}"
+    except subprocess.TimeoutExpired:
+        ended = f"the process was stopped after {timeout} s before it"
+    done = {}
+    if os.path.exists(os.path.join(out_dir, "results.json")):
+        with open(os.path.join(out_dir, "results.json")) as f:
+            done = json.load(f)
+    runs = {}
+    for step in steps:
+        name = step["name"]
+        if name in done:
+            with open(os.path.join(out_dir, name + ".log")) as f:
+                runs[name] = CliRun(name, done[name]["status"], done[name]["seconds"], f.read())
+        else:
+            runs[name] = CliRun(name, "not reached", 0.0, ended)
+    return runs
