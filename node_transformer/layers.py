@@ -105,14 +105,26 @@ class _NODELayer(nn.Module):
             activation_fn=cfg.activation_fn, **dynamics_kwargs,
         )
         self.block = build_block(node, dynamics, shared_gate)
+        self.retain_dropout = False  # --retain-dropout at generation (make_generation_fast_)
         self.project = nn.Linear(dim + self.aug, dim) if self.aug else None
         # Dynamics without a normalised output leave the state unnormalised: the encoder or
         # decoder normalises once after its last block, as a pre-norm Transformer does after
         # its last layer (final_layer_norm of the side, see encoder.py / decoder.py).
 
+    def dropout_active(self) -> bool:
+        return self.training or self.retain_dropout
+
+    def make_generation_fast_(self, name: Optional[str] = None, retain_dropout: bool = False,
+                              retain_dropout_modules=None, **kwargs):
+        """fairseq's --retain-dropout (prepare_for_inference_) keeps the blocks' dropout at
+        inference too: all of it, or, with --retain-dropout-modules, that of the layers whose
+        class it names (NODEEncoderLayer, NODEDecoderLayer), as fairseq names its own."""
+        if retain_dropout and (not retain_dropout_modules or type(self).__name__ in retain_dropout_modules):
+            self.retain_dropout = True
+
     def solve(self, x: Tensor, padding_mask: Optional[Tensor] = None, **inputs) -> Tensor:
         h = self.block(_augment(x, self.aug), padding_mask=padding_mask,
-                       drop=SolveDropout(self.dropout, self.training), **inputs)
+                       drop=SolveDropout(self.dropout, self.dropout_active()), **inputs)
         return self.project(h) if self.project is not None else h
 
     def upgrade_state_dict_named(self, state_dict, name):
@@ -214,7 +226,7 @@ class NODEDecoderLayer(_NODELayer):
             x, _ = self.self_attn(x, x, x, key_padding_mask=self_attn_padding_mask,
                                   incremental_state=incremental_state,
                                   attn_mask=self_attn_mask, need_weights=False)
-            x = self.self_attn_norm(residual + F.dropout(x, self.dropout, self.training))
+            x = self.self_attn_norm(residual + F.dropout(x, self.dropout, self.dropout_active()))
         else:
             inputs.update(self_attn_mask=self_attn_mask, self_padding_mask=self_attn_padding_mask)
             if incremental_state is not None:

@@ -399,8 +399,6 @@ def test_retain_dropout(runs, variant):
     assert any(kept[i]["P"] != plain[i]["P"] for i in kept)
 
 
-@pytest.mark.xfail(strict=True, reason="not yet: a NODE block draws its dropout only in "
-                   "training, whatever --retain-dropout says")
 @variants
 def test_retain_dropout_inside_the_node_blocks(runs, variant):
     """--retain-dropout-modules naming the NODE layers keeps their dropout (fairseq names a
