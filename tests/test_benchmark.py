@@ -304,3 +304,15 @@ def test_the_recorded_command_line_names_no_directory_of_the_measuring_machine(t
                          "--save-dir", "runs/r/checkpoints", "--tensorboard-logdir=runs/r/tb",
                          "--restore-file", str(tmp_path / "c.pt"), "--seed", "1"]
     assert words[0] == "python" or not os.path.isabs(words[0])
+
+
+def test_rows_record_the_forward_nfe_of_each_side_per_epoch():
+    """nfe_forward_by_epoch (issue 30): each side's mean forward evaluations per training batch
+    in each epoch, from the run's epochs.csv; nothing for the classic."""
+    rows = [{"train_nfe_enc_fwd": "7", "train_nfe_dec_fwd": "7", "valid_loss": "6", "wall_seconds": "60"},
+            {"train_nfe_enc_fwd": "7", "train_nfe_dec_fwd": "9.5", "valid_loss": "5", "wall_seconds": "120"},
+            {"train_nfe_enc_fwd": "", "train_nfe_dec_fwd": "", "valid_loss": "", "wall_seconds": ""}]
+    row = bm.row_of("adaptive-dopri5-err", summary(5.0, 120.0), rows, 5.0)
+    assert row["nfe_forward_by_epoch"] == {"encoder": [7.0, 7.0, None], "decoder": [7.0, 9.5, None]}
+    classic = bm.row_of("classic-1layer", summary(5.0, 120.0), epochs((6, 60), (5.0, 120)), 5.0)
+    assert classic["nfe_forward_by_epoch"] == {}
