@@ -66,6 +66,19 @@ def cli(tool, *args, timeout=600, check=True, env=None):
     return proc
 
 
+def toy_data_bin(root, train: int, valid: int, test: int, env=None):
+    """The generated toy task (scripts/make_toy_data.py, sentences of at most 6 words) under
+    ``root``, binarized by fairseq-preprocess: (data-bin, raw text folder)."""
+    raw, out = os.path.join(str(root), "raw"), os.path.join(str(root), "bin")
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_toy_data.py"), raw,
+                    "--train", str(train), "--valid", str(valid), "--test", str(test), "--max-len", "6"],
+                   check=True, capture_output=True)
+    cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
+        "--trainpref", os.path.join(raw, "train"), "--validpref", os.path.join(raw, "valid"),
+        "--testpref", os.path.join(raw, "test"), "--destdir", out, "--workers", "1", env=env)
+    return out, raw
+
+
 def train_argv(data, save_dir, model, *flags, lr, max_tokens, epochs, log=("--log-format", "json")):
     """fairseq-train's arguments for a small NODE-Transformer on toy data (Adam, inverse_sqrt
     with 10 warm-up updates, label-smoothed cross entropy, one seed); ``flags`` come after

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fairseq_helpers import ROOT, SIZES, USER_DIR, cli, train_argv
+from fairseq_helpers import SIZES, USER_DIR, cli, toy_data_bin, train_argv
 from fairseq_helpers import VARIANTS as STUDY_VARIANTS
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -30,15 +30,7 @@ MODEL = [*SIZES["tiny"], "--share-all-embeddings", "--dropout", "0.1"]
 
 @pytest.fixture(scope="module")
 def data_bin(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    raw, out = root / "raw", root / "bin"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_toy_data.py"), str(raw),
-                    "--train", "300", "--valid", "20", "--test", str(N_TEST), "--max-len", "6"],
-                   check=True, capture_output=True)
-    cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
-        "--trainpref", str(raw / "train"), "--validpref", str(raw / "valid"),
-        "--testpref", str(raw / "test"), "--destdir", str(out), "--workers", "1", env=ENV)
-    return str(out), str(raw)
+    return toy_data_bin(tmp_path_factory.mktemp("toy"), 300, 20, N_TEST, env=ENV)
 
 
 def test_train_help_lists_the_node_flags_with_their_help():

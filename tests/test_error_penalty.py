@@ -6,14 +6,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 from fairseq.optim.sgd import SGD
 
-from fairseq_helpers import BIN, ROOT, SIZES, USER_DIR, batch, build, cli, train_argv, write_dicts
+from fairseq_helpers import BIN, SIZES, USER_DIR, batch, build, cli, toy_data_bin, train_argv, write_dicts
 from node_transformer import metric_names as mn
 from node_transformer.config import NodeArgumentError, NodeConfig
 from node_transformer.ode_block import fixed_step_fallback
@@ -107,15 +106,7 @@ MODEL = [*SIZES["tiny"], "--share-all-embeddings", "--dropout", "0.1"]
 
 @pytest.fixture(scope="module")
 def data_bin(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    raw, out = root / "raw", root / "bin"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_toy_data.py"), str(raw),
-                    "--train", "40", "--valid", "8", "--test", "4", "--max-len", "6"],
-                   check=True, capture_output=True)
-    cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
-        "--trainpref", str(raw / "train"), "--validpref", str(raw / "valid"),
-        "--testpref", str(raw / "test"), "--destdir", str(out), "--workers", "1", env=ENV)
-    return str(out)
+    return toy_data_bin(tmp_path_factory.mktemp("toy"), 40, 8, 4, env=ENV)[0]
 
 
 def records(proc, kind):
