@@ -92,6 +92,20 @@ def test_a_short_run_writes_its_rows_table_and_figure(tmp_path, toy_bin):
     assert png.stat().st_size > 0 and "rk2-gated" in proc.stdout
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert table and run("--render", str(js)).stdout.splitlines() == table
+    # NFE per solve in validation, per NODE side (2 for a gated RK2 block); none for the classic
+    nfe = rows["rk2-gated"]["valid_nfe_at_updates"]
+    assert set(nfe) == {"enc", "dec"} and all(v == {"2": 2, "4": 2} for v in nfe.values())
+    assert rows["classic-1layer"]["valid_nfe_at_updates"] == {}
+
+
+def test_keep_checkpoints_saves_one_every_validation_interval():
+    plain = run("--data-bin", "x", "--dry-run", "--rows", "adaptive-dopri5-err-local",
+                "--updates", "1000", "--every", "250").stdout
+    kept = run("--data-bin", "x", "--dry-run", "--rows", "adaptive-dopri5-err-local",
+               "--updates", "1000", "--every", "250", "--keep-checkpoints").stdout
+    assert "--save-interval-updates 1000 --keep-interval-updates 1" in plain
+    assert "--save-interval-updates 250 --keep-interval-updates -1" in kept
+    assert "--node-error-penalty 0.1 --node-error-estimate local" in kept
 
 
 def test_figure_draws_one_column_per_learning_rate_and_names_a_rate_without_rows(tmp_path):
