@@ -2,7 +2,6 @@
 estimate in the training loss, per token, logged per side; refused where it cannot work."""
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -14,6 +13,7 @@ from fairseq.optim.sgd import SGD
 
 from fairseq_helpers import BIN, SIZES, USER_DIR, batch, build, cli, toy_data_bin, train_argv, write_dicts
 from node_transformer import metric_names as mn
+from test_cli import log_records
 from node_transformer.config import NodeArgumentError, NodeConfig
 from node_transformer.ode_block import fixed_step_fallback
 
@@ -109,15 +109,6 @@ def data_bin(tmp_path_factory):
     return toy_data_bin(tmp_path_factory.mktemp("toy"), 40, 8, 4, env=ENV)[0]
 
 
-def records(proc, kind):
-    out = []
-    for line in (proc.stdout + proc.stderr).splitlines():
-        m = re.search(r"\| (\w+) \| (\{.*\})$", line)
-        if m and m.group(1) == kind:
-            out.append(json.loads(m.group(2)))
-    return out
-
-
 def test_fairseq_train_logs_each_sides_error(data_bin, tmp_path):
     save = str(tmp_path / "ckpt")
     proc = cli("fairseq-train", *train_argv(
@@ -126,7 +117,7 @@ def test_fairseq_train_logs_each_sides_error(data_bin, tmp_path):
         lr=5e-3, max_tokens=400, epochs=1,
         log=("--log-format", "json", "--log-interval", "1", "--tensorboard-logdir",
              os.path.join(save, "tb"))), env=ENV)
-    inner, epoch, valid = records(proc, "train_inner"), records(proc, "train"), records(proc, "valid")
+    inner, epoch, valid = log_records(proc, "train_inner"), log_records(proc, "train"), log_records(proc, "valid")
     assert inner and len(epoch) == 1 and len(valid) == 1
     for rec, prefix in [(r, "") for r in inner] + [(epoch[0], "train_")]:
         for key in mn.ERROR_KEYS:

@@ -111,25 +111,24 @@ def _tableau(method: str):
     return _torchdiffeq_tableau(method)
 
 
-def stage_terms(step: dict, method: str, rtol: float, atol: float) -> List[Tensor]:
-    """s_i = dt c_err_i k_i / tol for each stage of an accepted step (they sum to its scaled
-    error; tol as torchdiffeq's controller computes it, from y0 and the step's solution)."""
+def stage_terms(step: dict, method: str, rtol: float, atol: float):
+    """(s_i = dt c_err_i k_i / tol for each stage of an accepted step, tol): the terms sum to
+    its scaled error; tol as torchdiffeq's controller computes it, from y0 and the step's
+    solution."""
     _, _, c_sol, c_error = _tableau(method)
     y0, dt, ks = step["y0"], step["dt"], step["stages"]
     y1 = y0 + sum(float(c) * dt * k for c, k in zip(c_sol, ks))
     tol = atol + rtol * torch.max(y0.abs(), y1.abs())
-    return [float(c) * dt * k / tol for c, k in zip(c_error, ks)]
+    return [float(c) * dt * k / tol for c, k in zip(c_error, ks)], tol
 
 
-def part_shares(step: dict, method: str, rtol: float, atol: float, outputs: SubLayerOutputs,
+def part_shares(step: dict, method: str, tol: Tensor, outputs: SubLayerOutputs,
                 keep: Optional[Tensor], e: Tensor) -> Dict[str, float]:
     """Each sub-layer's share <e_part, e> / ||e||^2 of an accepted step's scaled error."""
     if not outputs.parts:
         return {}
-    _, _, c_sol, c_error = _tableau(method)
-    y0, dt, ks = step["y0"], step["dt"], step["stages"]
-    y1 = y0 + sum(float(c) * dt * k for c, k in zip(c_sol, ks))
-    tol = atol + rtol * torch.max(y0.abs(), y1.abs())
+    _, _, _, c_error = _tableau(method)
+    dt = step["dt"]
     mask = 1.0 if keep is None else keep
     total = (e.pow(2) * mask).sum()
     shares = {}
@@ -195,14 +194,15 @@ def analyse_block(block, calls: List[tuple]) -> dict:
         accepted.append(len(watched.accepted))
         rejected.append(watched.rejected)
         for step in watched.accepted:
-            terms = stage_terms(step, s.method, s.rtol, s.atol)
+            terms, tol = stage_terms(step, s.method, s.rtol, s.atol)
+            e = sum(terms)
             shares = step_shares(step, terms, keep)
             if step["scaled"] is not None:  # the decomposition is the controller's own error
-                torch.testing.assert_close(sum(terms), step["scaled"], rtol=1e-3, atol=1e-4)
+                torch.testing.assert_close(e, step["scaled"], rtol=1e-3, atol=1e-4)
             w = shares["total"]
-            for name, share in part_shares(step, s.method, s.rtol, s.atol, outputs, keep, sum(terms)).items():
+            for name, share in part_shares(step, s.method, tol, outputs, keep, e).items():
                 parts[name] = parts.get(name, 0.0) + w * share
-            ratios.append(float(base(sum(terms))))
+            ratios.append(float(base(e)))
             sums["weight"] += w
             for i, share in enumerate(shares["stages"]):
                 sums["stages"][i] += w * share
