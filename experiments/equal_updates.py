@@ -119,6 +119,18 @@ ADAPTIVE: Dict[str, tuple] = {
     "adaptive-heun": _adaptive("adaptive_heun", "1e-1", *DIRECT),
     "adaptive-heun-err-local": _adaptive("adaptive_heun", "1e-1", *DIRECT, "--node-error-penalty",
                                          "0.1", "--node-error-estimate", "local"),
+    # candidates for the equal-time benchmark: Heun-Euler with the free (global) estimate at
+    # ten times the weight, over [0, 1] and over [0, 2] (rk2-gated-t2's span, one step of 2)
+    "adaptive-heun-err-global-w1": _adaptive("adaptive_heun", "1e-1", *DIRECT, "--node-error-penalty",
+                                             "1.0", "--node-error-estimate", "global"),
+    "adaptive-heun-err-global": _adaptive("adaptive_heun", "1e-1", *DIRECT, "--node-error-penalty",
+                                          "0.1", "--node-error-estimate", "global"),
+    "adaptive-heun-err-global-w0.03": _adaptive("adaptive_heun", "1e-1", *DIRECT,
+                                                "--node-error-penalty", "0.03",
+                                                "--node-error-estimate", "global"),
+    "adaptive-heun-t2-err-global-w1": _adaptive("adaptive_heun", "1e-1", *DIRECT, "--node-ts", "0 2",
+                                                "--node-first-step", "2.0", "--node-error-penalty",
+                                                "1.0", "--node-error-estimate", "global"),
 }
 DEFAULT_ROWS = [n for n in ROWS if "6" not in n] + ["rk2-gated-t2"]  # the best block (RESULTS.md)
 ROWS.update(PROBES)
