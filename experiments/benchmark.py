@@ -92,7 +92,7 @@ CONFIGS = {
         "--node-rtol", "1e-2", "--node-atol", "1e-2", "--node-first-step", "1.0",
         "--node-backprop", "direct", "--node-error-penalty", "0.1", "--node-error-estimate",
         "local", "--lr", "4e-3"]),
-    # the cheap adaptive candidate: adaptive-heun's solver kept at one accepted step by the
+    # the cheap adaptive candidate: adaptive-heun's solver held near one accepted step by the
     # summed error ratio (global: no extra evaluation under direct backprop) at weight 0.1
     # (equal-update probes: 0.03 let the decoder grow to 7 evaluations, 1.0 stalled learning)
     "adaptive-heun-err": ("04", [

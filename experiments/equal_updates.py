@@ -119,8 +119,8 @@ ADAPTIVE: Dict[str, tuple] = {
     "adaptive-heun": _adaptive("adaptive_heun", "1e-1", *DIRECT),
     "adaptive-heun-err-local": _adaptive("adaptive_heun", "1e-1", *DIRECT, "--node-error-penalty",
                                          "0.1", "--node-error-estimate", "local"),
-    # candidates for the equal-time benchmark: Heun-Euler with the free (global) estimate at
-    # ten times the weight, over [0, 1] and over [0, 2] (rk2-gated-t2's span, one step of 2)
+    # candidates for the equal-time benchmark's cheap row: Heun-Euler with the free (global)
+    # estimate at weights 1.0, 0.1 and 0.03, and at 1.0 over [0, 2] (rk2-gated-t2's span)
     "adaptive-heun-err-global-w1": _adaptive("adaptive_heun", "1e-1", *DIRECT, "--node-error-penalty",
                                              "1.0", "--node-error-estimate", "global"),
     "adaptive-heun-err-global": _adaptive("adaptive_heun", "1e-1", *DIRECT, "--node-error-penalty",
