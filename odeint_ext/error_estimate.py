@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .methods import ERROR_ESTIMATE_METHODS
+from .norms import mixed_norm, rms_norm
 
 ERROR_ESTIMATES = ("global", "local")
 
@@ -50,17 +51,17 @@ def _torchdiffeq_tableau(method: str):
     """(alpha, beta, c_sol, c_error) of torchdiffeq's solver for ``method``.
 
     Workaround: torchdiffeq 0.2.5 keeps its Butcher tableaus on its private solver classes
-    (``torchdiffeq._impl.odeint.SOLVERS[method].tableau``) and its default error norms in
-    ``torchdiffeq._impl.misc``; tests/test_error_estimate.py fails if either moves."""
+    (``torchdiffeq._impl.odeint.SOLVERS[method].tableau``); tests/test_error_estimate.py fails
+    if they move, or if its default norms stop agreeing with :func:`default_norm`."""
     from torchdiffeq._impl.odeint import SOLVERS
     tableau = SOLVERS[method].tableau
     return tableau.alpha, tableau.beta, tableau.c_sol, tableau.c_error
 
 
-def _torchdiffeq_default_norm(is_tuple: bool) -> Callable:
-    """The norm torchdiffeq's controller uses when options give none (see _torchdiffeq_tableau)."""
-    from torchdiffeq._impl.misc import _mixed_norm, _rms_norm
-    return _mixed_norm if is_tuple else _rms_norm
+def default_norm(is_tuple: bool) -> Callable:
+    """The norm torchdiffeq's controller uses when options give none, in value; its gradient
+    is finite where the error is zero (norms.py), which torchdiffeq's is not."""
+    return mixed_norm if is_tuple else rms_norm
 
 
 def _parts(x) -> List[Tensor]:
@@ -102,7 +103,7 @@ class ErrorEstimate:
         self.reversed = len(t) > 1 and bool(t[0] > t[1])  # torchdiffeq then steps in -t
         self.rtol, self.atol = rtol, atol
         norm = (options or {}).get("norm")
-        self.norm = norm if norm is not None else _torchdiffeq_default_norm(self.is_tuple)
+        self.norm = norm if norm is not None else default_norm(self.is_tuple)
         self.accepted = 0
         self.total: Optional[Tensor] = None  # global: sum of the accepted steps' ratios
         self.last_ratio = None  # global: the norm's latest answer

@@ -63,7 +63,7 @@ def controller_ratios(func, y0, t, method, rtol, atol, options):
     """The ratio of every accepted step, as plain torchdiffeq's controller computed it."""
     norm = (options or {}).get("norm")
     if norm is None:
-        norm = ee._torchdiffeq_default_norm(isinstance(y0, tuple))
+        norm = ee.default_norm(isinstance(y0, tuple))
     last, accepted = [None], []
 
     def recording(x):
@@ -99,9 +99,28 @@ def test_torchdiffeq_private_tableaus_and_norms_are_where_we_read_them():
     for method in ERROR_ESTIMATE_METHODS:
         alpha, beta, c_sol, c_error = ee._torchdiffeq_tableau(method)
         assert len(beta) == len(alpha) and len(c_sol) == len(c_error) == len(alpha) + 1
+    from torchdiffeq._impl.misc import _mixed_norm, _rms_norm
     x = torch.tensor([3.0, 4.0])
-    assert ee._torchdiffeq_default_norm(False)(x) == pytest.approx((12.5) ** 0.5)
-    assert ee._torchdiffeq_default_norm(True)((x, x * 2)) == pytest.approx((50.0) ** 0.5)
+    assert ee.default_norm(False)(x) == pytest.approx((12.5) ** 0.5) == float(_rms_norm(x))
+    assert ee.default_norm(True)((x, x * 2)) == pytest.approx((50.0) ** 0.5) == float(_mixed_norm((x, x * 2)))
+
+
+def test_default_norms_have_a_finite_gradient_where_the_error_is_zero():
+    """torchdiffeq's RMS has sqrt's infinite slope at 0: 0 x inf = NaN in every gradient."""
+    from torchdiffeq._impl.misc import _rms_norm
+    zero = torch.zeros(3, dtype=F64, requires_grad=True)
+    _rms_norm(zero).backward()
+    assert torch.isnan(zero.grad).all()  # the defect, as torchdiffeq has it
+    zero.grad = None
+    ee.default_norm(False)(zero).backward()
+    assert torch.equal(zero.grad, torch.zeros(3, dtype=F64))
+    # a tuple: every part is in the graph, the largest takes the gradient
+    zero.grad = None
+    other = torch.tensor([-1e-3], dtype=F64, requires_grad=True)
+    value = ee.default_norm(True)((other, zero))
+    value.backward()
+    assert float(value) == 1e-3
+    assert torch.equal(zero.grad, torch.zeros(3, dtype=F64)) and float(other.grad) == -1.0
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
