@@ -25,12 +25,14 @@ class SolveDropout:
     An ODE with a random right-hand side is not an ODE: fresh masks per evaluation make
     adaptive solvers reject steps at random and give the adjoint backward other masks than
     the forward saw. One instance is created per solve and passed to the dynamics as an
-    input, so the adjoint backward of that solve reuses exactly its masks.
+    input, so the adjoint backward of that solve reuses exactly its masks. ``p`` is
+    --dropout; a call may name its own rate (--activation-dropout), which applies whatever
+    ``p`` is.
     """
 
     def __init__(self, p: float, active: bool):
         self.p = p
-        self.active = active and p > 0
+        self.active = active
         self.masks: Dict[str, Tensor] = {}
 
     def __call__(self, name: str, x: Tensor, p: Optional[float] = None) -> Tensor:
