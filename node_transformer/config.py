@@ -333,7 +333,22 @@ def check_transformer_flags(node: NodeConfig, args) -> None:
         shown = "" if value is True else f" {value}"
         raise NodeArgumentError(f"{flag(name)}{shown} is not available with a {model}: {why}")
 
-    # What fairseq's layers read from the shared flags.
+    _check_shared_flags(node, get, refuse)
+    for side in sides:
+        layers = get(f"{side}_layers", 1)
+        if layers is not None and layers < 1:
+            raise NodeArgumentError(f"{flag(side + '_layers')} {layers} leaves --node-{side} no "
+                                    "ODE block")
+        if get(f"{side}_normalize_before") and node.dynamics_class.post_norm:
+            refuse(f"{side}_normalize_before", "a NODE side's norm placement is --node-dynamics "
+                   f"(prenorm: the residual branch of a pre-norm layer; {node.node_dynamics}: "
+                   "each sub-layer's output normalised)")
+    if node.node_decoder:
+        _check_decoder_flags(get, refuse)
+
+
+def _check_shared_flags(node: NodeConfig, get, refuse) -> None:
+    """What fairseq's layers of either side read from the shared flags."""
     for name in ("offload_activations", "checkpoint_activations"):  # offload implies checkpoint
         if get(name):
             refuse(name, CHECKPOINTING)
@@ -359,33 +374,18 @@ def check_transformer_flags(node: NodeConfig, args) -> None:
         if get(name) and (name.startswith("encoder") or node.node_decoder):
             refuse(name, "the dynamics build fairseq's own attention", repr(get(name)))
 
-    # What a NODE side's own layers would ignore.
-    penalties = [n for n in ("node_kinetic_energy", "node_jacobian_norm") if getattr(node, n)]
-    for side in sides:
-        layers = get(f"{side}_layers", 1)
-        if layers is not None and layers < 1:
-            raise NodeArgumentError(f"{flag(side + '_layers')} {layers} leaves --node-{side} no "
-                                    "ODE block")
-        if get(f"{side}_normalize_before") and node.dynamics_class.post_norm:
-            refuse(f"{side}_normalize_before", "a NODE side's norm placement is --node-dynamics "
-                   f"(prenorm: the residual branch of a pre-norm layer; {node.node_dynamics}: "
-                   "each sub-layer's output normalised)")
-        if get(f"{side}_layerdrop", 0) and penalties:
-            raise NodeArgumentError(
-                f"{flag(side + '_layerdrop')} {get(side + '_layerdrop')} cannot be combined with "
-                f"{', '.join(flag(n) for n in penalties)}: a dropped ODE block would add the "
-                "penalties of its previous batch")
 
-    if node.node_decoder:
-        if get("no_cross_attention"):
-            refuse("no_cross_attention", "the NODE decoder's dynamics always attend to the "
-                   "encoder output")
-        if get("cross_self_attention"):
-            refuse("cross_self_attention", "the NODE decoder's self-attention does not attend to "
-                   "the encoder output")
-        if get("base_layers", 0):
-            refuse("base_layers", "fairseq would insert BASE layers among the NODE decoder's ODE "
-                   "blocks", get("base_layers"))
-        if get("no_decoder_final_norm"):
-            refuse("no_decoder_final_norm", "a NODE decoder normalises after its last block "
-                   "exactly when its --node-dynamics needs it (prenorm)")
+def _check_decoder_flags(get, refuse) -> None:
+    """What a NODE decoder's blocks would ignore of fairseq's decoder flags."""
+    if get("no_cross_attention"):
+        refuse("no_cross_attention", "the NODE decoder's dynamics always attend to the "
+               "encoder output")
+    if get("cross_self_attention"):
+        refuse("cross_self_attention", "the NODE decoder's self-attention does not attend to "
+               "the encoder output")
+    if get("base_layers", 0):
+        refuse("base_layers", "fairseq would insert BASE layers among the NODE decoder's ODE "
+               "blocks", get("base_layers"))
+    if get("no_decoder_final_norm"):
+        refuse("no_decoder_final_norm", "a NODE decoder normalises after its last block "
+               "exactly when its --node-dynamics needs it (prenorm)")

@@ -54,5 +54,12 @@ def error_key(tag: str) -> str:
 
 ERROR_KEYS = tuple(error_key(tag) for _, tag in SIDES)
 
+
+def error_batches_key(tag: str) -> str:
+    """Batches of one side that had an error estimate: the divisor of its err_ mean. A batch
+    without one (the rk4 fallback, every block of the side dropped by LayerDrop) is left out
+    of the mean rather than counted as an estimate of 0."""
+    return f"node_err_batches_{tag}"
+
 BATCHES = "node_batches"  # batches whose NFE a log holds: the divisor of the NFE means
 CUDA_PEAK = "cuda_peak_mb"  # largest CUDA memory allocated in the interval, in MiB

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from odeint_ext import ERROR_ESTIMATE_METHODS, MaxNFEExceeded, SolverSettings, SolveStats
+from odeint_ext.norms import rms_norm, safe_sqrt
 
 from .incremental import staged
 from .regularisers import PenalisedDynamics, Regularisation
@@ -71,18 +72,20 @@ class _RealPositionsNorm:
     """The solver's error norm (RMS, as torchdiffeq's default) over real positions only:
     pad columns must not change a sentence's steps. A tuple state (RNODE's extra channels)
     takes the largest of its parts' norms, as torchdiffeq does for tuples; those channels
-    are means over the real positions already (regularisers._per_position)."""
+    are means over the real positions already (regularisers._per_position). Its square roots
+    have gradient 0 where a part's error is exactly 0 (odeint_ext.norms): the error penalty
+    differentiates through this norm, and a plain sqrt would make every gradient NaN there."""
 
     def __init__(self, keep: Tensor):
         self.keep = keep  # T x B x 1, 1 at real positions
         self.count = keep.sum()
 
     def _masked_rms(self, x: Tensor) -> Tensor:
-        return ((x.pow(2) * self.keep).sum() / (self.count * x.shape[-1])).sqrt()
+        return safe_sqrt((x.pow(2) * self.keep).sum() / (self.count * x.shape[-1]))
 
     def __call__(self, x):
         if isinstance(x, tuple):
-            return torch.stack([self._masked_rms(x[0])] + [p.pow(2).mean().sqrt() for p in x[1:]]).max()
+            return torch.stack([self._masked_rms(x[0])] + [rms_norm(p) for p in x[1:]]).max()
         return self._masked_rms(x)
 
 
@@ -119,6 +122,13 @@ def total_penalties(model: nn.Module) -> Dict[str, Tensor]:
         for name, value in b.penalties.items():
             terms.setdefault(name, []).append(value * b.positions)
     return {name: sum(values) for name, values in terms.items()}
+
+
+def clear_penalties(model: nn.Module) -> None:
+    """Forget every block's penalties before a forward: a block that this forward does not
+    run (LayerDrop) must not add those of an earlier batch, whose graph is gone."""
+    for b in ode_blocks(model):
+        b.penalties, b.positions = {}, None
 
 
 def penalties_per_position(module: Optional[nn.Module]) -> Dict[str, float]:
@@ -161,8 +171,9 @@ class DepthBlock(nn.Module):
         self.positions: Optional[Tensor] = None  # how many real positions ``penalties`` are of
 
     def reset_record(self) -> None:
-        """Forget the solves so far: :meth:`nfe_record` counts from here."""
+        """Forget the solves so far, and their penalties: :meth:`nfe_record` counts from here."""
         self.solves.clear()
+        self.penalties, self.positions = {}, None
 
     def nfe_record(self) -> SolveStats:
         """Function evaluations of the solves since :meth:`reset_record`, forward and backward

@@ -42,10 +42,10 @@ from odeint_ext import ODESolveError
 from .config import NodeConfig
 from .metric_names import (BACKWARD, BATCHES, COUNTERS, CUDA_PEAK, DEFERRED, ERROR_PREFIX,
                            FIXED_STEP, FORWARD, NFE_PREFIX, PENALTY_NAMES, PENALTY_PREFIX,
-                           REPLAYED, SIDES, SKIPPED, VALID_COUNTERS, error_key, nfe_key,
-                           penalty_key)
-from .ode_block import (depth_blocks, fixed_step_fallback, ode_blocks, penalties_per_position,
-                        record_backward_overruns, total_penalties)
+                           REPLAYED, SIDES, SKIPPED, VALID_COUNTERS, error_batches_key, error_key,
+                           nfe_key, penalty_key)
+from .ode_block import (clear_penalties, depth_blocks, fixed_step_fallback, ode_blocks,
+                        penalties_per_position, record_backward_overruns, total_penalties)
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +97,15 @@ class PenalisedCriterion:
     in the encoder, with or without --sentence-avg. --node-error-penalty W adds W x each
     block's error estimate x its real positions likewise (regularisers.py: not additive).
     Logged: each RNODE penalty per position, summed over the blocks; the error estimate of
-    each side, summed over its blocks (ode_block.penalties_per_position).
+    each side, summed over its blocks (ode_block.penalties_per_position), and whether the side
+    had one. Only this forward's solves count: a block that LayerDrop skipped adds nothing.
     """
 
     def __init__(self, criterion):
         self.criterion = criterion
 
     def __call__(self, model, sample):
+        clear_penalties(model)
         loss, sample_size, log = self.criterion(model, sample)
         total, logged = 0.0, {}
         terms = total_penalties(model)
@@ -120,6 +122,7 @@ class PenalisedCriterion:
                 error = penalties_per_position(getattr(model, side, None)).get("error")
                 if error is not None:
                     logged[error_key(tag)] = error
+                    logged[error_batches_key(tag)] = 1
         if torch.is_tensor(total):
             loss = loss + total
             log.update(logged)
@@ -314,6 +317,7 @@ class NODETranslationTask(TranslationTask):
                 for side, tag in SIDES:
                     if ode_blocks(getattr(model, side, None)):
                         keys[error_key(tag)] = 0.0
+                        keys[error_batches_key(tag)] = 0
         keys.update(dict.fromkeys(COUNTERS if training else VALID_COUNTERS, 0))
         return keys
 
@@ -541,9 +545,14 @@ class NODETranslationTask(TranslationTask):
         for key in keys:
             total = sum(log.get(key, 0) for log in logging_outputs)
             # Mean per batch (summed over a side's blocks), over batches and workers: fairseq
-            # may hand over the logs of all workers already summed into one.
-            if batches:
-                metrics.log_scalar(key, total / batches, batches,
+            # may hand over the logs of all workers already summed into one. An error estimate
+            # is averaged over the batches that had one; none in the interval: not logged.
+            count = batches
+            if key.startswith(ERROR_PREFIX):
+                tag = key[len(ERROR_PREFIX):]
+                count = sum(log.get(error_batches_key(tag), 0) for log in logging_outputs)
+            if count:
+                metrics.log_scalar(key, total / count, count,
                                    round=1 if key.startswith(NFE_PREFIX) else 3)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             # fairseq resets the peak after each update: the meter keeps the interval's max.

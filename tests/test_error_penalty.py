@@ -2,6 +2,7 @@
 estimate in the training loss, per token, logged per side; refused where it cannot work."""
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -15,7 +16,7 @@ from fairseq_helpers import BIN, SIZES, USER_DIR, batch, build, cli, toy_data_bi
 from node_transformer import metric_names as mn
 from test_cli import log_records
 from node_transformer.config import NodeArgumentError, NodeConfig
-from node_transformer.ode_block import fixed_step_fallback
+from node_transformer.ode_block import fixed_step_fallback, ode_blocks
 
 ENV = {"OMP_NUM_THREADS": "1"}
 PAIRS = [("w1 w2 w3 w4", "w5 w6 w7"), ("w3 w2", "w8 w9 w10 w11 w4"), ("w7", "w1 w2")]
@@ -146,3 +147,71 @@ def test_fairseq_train_refuses_with_one_line(data_bin, tmp_path, flags, message)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == "node_transformer: error: " + message
     assert "Traceback" not in proc.stderr
+
+
+# -- issue 37: the error penalty beside RNODE and LayerDrop -------------------------------------
+
+@pytest.mark.parametrize("estimate, backprop", [("global", "direct"), ("local", "adjoint"),
+                                                ("local", "direct")])
+@pytest.mark.parametrize("rnode", [["--node-kinetic-energy", "0.1"],
+                                   ["--node-kinetic-energy", "0.1", "--node-jacobian-norm", "0.1"]])
+def test_error_penalty_with_rnode_has_finite_gradients(data_dir, estimate, backprop, rnode):
+    """With K alone the J channel's error is exactly 0, and sqrt's slope there made every
+    gradient NaN (the padded batch's norm; torchdiffeq's default norm likewise)."""
+    task, model, _ = build(data_dir, "--node-encoder", "--node-decoder", "--dropout", "0.0",
+                           "--node-error-penalty", "0.1", "--node-error-estimate", estimate,
+                           "--node-backprop", backprop, *rnode, dtype=torch.float32)
+    crit = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    for pairs in (PAIRS, PAIRS[:1]):  # padded, and a batch without pads
+        model.zero_grad()
+        torch.manual_seed(1)
+        task.train_step(batch(task, pairs), model, crit, sgd(model), update_num=1)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().max() > 0 for g in grads)
+
+
+def _drop_all(layers):
+    layers.p = 1.0  # fairseq's LayerDropModuleList keeps a layer when its draw exceeds p
+
+
+@pytest.mark.parametrize("penalty", [["--node-error-penalty", "0.1"],
+                                     ["--node-kinetic-energy", "0.1"],
+                                     ["--node-jacobian-norm", "0.1"]])
+def test_a_block_layerdrop_skips_adds_no_penalty(data_dir, penalty):
+    """A dropped block kept its previous batch's penalty: 'Trying to backward through the
+    graph a second time' at the next update."""
+    task, model, _ = build(data_dir, "--node-encoder", "--node-decoder", "--dropout", "0.0",
+                           "--encoder-layers", "2", "--encoder-layerdrop", "0.5", *penalty)
+    crit = LabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    sample = batch(task, PAIRS)
+    model.encoder.layers.p = 0.0  # both encoder blocks run
+    task.train_step(sample, model, crit, sgd(model), update_num=1)
+    assert all(b.penalties for b in ode_blocks(model.encoder))
+    _drop_all(model.encoder.layers)
+    loss, _, log = task.train_step(sample, model, crit, sgd(model), update_num=2)
+    assert all(not b.penalties for b in ode_blocks(model.encoder))
+    dec = model.decoder.layers[0].block
+    w = {"error": 0.1, "kinetic": 0.1, "jacobian": 0.1}
+    added = sum(w[k] * float(v) * float(dec.positions) for k, v in dec.penalties.items()
+                if k in penalty[0])
+    assert float(loss.detach()) == pytest.approx(float(log["loss"]) + added, rel=1e-9)
+    if "--node-error-penalty" in penalty:
+        assert log[mn.error_batches_key("enc")] == 0 and log[mn.error_batches_key("dec")] == 1
+
+
+def test_fairseq_train_with_layerdrop_rnode_and_the_error_penalty(data_bin, tmp_path):
+    """Each of these stopped fairseq-train on main: layerdrop + a penalty at the second update
+    (a freed graph), the error penalty + kinetic energy with NaN gradients (crash.pt)."""
+    save = str(tmp_path / "ckpt")
+    proc = cli("fairseq-train", *train_argv(
+        data_bin, save, MODEL, "--node-encoder", "--node-decoder", "--encoder-layers", "2",
+        "--decoder-layers", "2", "--encoder-layerdrop", "0.5", "--decoder-layerdrop", "0.5",
+        "--node-error-penalty", "0.1", "--node-kinetic-energy", "0.01",
+        lr=5e-3, max_tokens=100, epochs=2,
+        log=("--log-format", "json", "--log-interval", "1")), env=ENV)
+    inner = log_records(proc, "train_inner")
+    assert len(inner) >= 6 and len(log_records(proc, "train")) == 2
+    assert all(math.isfinite(float(r["loss"])) for r in inner)
+    assert not os.path.exists(os.path.join(save, "crash.pt"))
+    assert os.path.exists(os.path.join(save, "checkpoint_last.pt"))

@@ -156,15 +156,32 @@ def test_normalize_before_is_accepted_where_it_is_the_node_sides_form(data_dir):
     assert "--node-dynamics" in refusal(data_dir, "--node-encoder", "--encoder-normalize-before")
 
 
-def test_layerdrop_works_but_not_with_rnode_penalties(data_dir):
-    """A block LayerDrop skips keeps its previous batch's penalties (freed graph: 'Trying to
-    backward through the graph a second time' on today's main): refused."""
-    _, model, _ = build(data_dir, "--node-encoder", "--encoder-layers", "2",
-                        "--encoder-layerdrop", "0.5")
-    assert type(model.encoder.layers).__name__ == "LayerDropModuleList"
-    message = refusal(data_dir, "--node-encoder", "--encoder-layers", "2", "--encoder-layerdrop",
-                      "0.5", "--node-kinetic-energy", "0.1")
-    assert "--encoder-layerdrop 0.5" in message and "--node-kinetic-energy" in message
+def test_layerdrop_builds_its_module_list_with_or_without_penalties(data_dir):
+    """A dropped block adds no penalty (tests/test_error_penalty.py trains with both), so
+    LayerDrop is no longer refused beside RNODE or the error penalty."""
+    for penalty in ([], ["--node-kinetic-energy", "0.1"], ["--node-error-penalty", "0.1"]):
+        _, model, _ = build(data_dir, "--node-encoder", "--encoder-layers", "2",
+                            "--encoder-layerdrop", "0.5", *penalty)
+        assert type(model.encoder.layers).__name__ == "LayerDropModuleList"
+
+
+@pytest.mark.parametrize("name", ["--activation-dropout", "--relu-dropout"])
+def test_activation_dropout_applies_without_dropout(data_dir, name):
+    """--activation-dropout (or fairseq's old --relu-dropout) on NODE sides with --dropout 0:
+    two seeds give two outputs in training, as in fairseq's Transformer (it was ignored);
+    with neither, the model is deterministic."""
+    def two_seeds(*flags):
+        task, model, _ = build(data_dir, "--node-encoder", "--node-decoder", "--dropout", "0", *flags)
+        model.train()
+        sample = batch(task, [("w1 w2 w3", "w4 w5")])
+        runs = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            runs.append(model(**sample["net_input"])[0])
+        return runs
+
+    assert not torch.equal(*two_seeds(name, "0.5"))
+    assert torch.equal(*two_seeds())
 
 
 def test_dynamics_take_the_layer_options(data_dir):
