@@ -215,3 +215,21 @@ def test_fairseq_train_with_layerdrop_rnode_and_the_error_penalty(data_bin, tmp_
     assert all(math.isfinite(float(r["loss"])) for r in inner)
     assert not os.path.exists(os.path.join(save, "crash.pt"))
     assert os.path.exists(os.path.join(save, "checkpoint_last.pt"))
+
+
+def test_fixed_step_batches_log_no_error_estimate(data_bin, tmp_path):
+    """Batches solved again by the rk4 fallback have no estimate: err_enc/err_dec showed 0
+    for them (a perfect estimate); now they leave the mean, and an interval of none of them
+    logs no err_ column at all."""
+    save = str(tmp_path / "ckpt")
+    proc = cli("fairseq-train", *train_argv(
+        data_bin, save, MODEL, "--node-encoder", "--node-decoder", "--node-error-penalty", "0.1",
+        "--node-rtol", "1e-7", "--node-atol", "1e-7", "--node-max-nfe", "8",
+        "--node-on-budget", "fixed-step", "--node-fallback-steps", "1",
+        lr=5e-3, max_tokens=400, epochs=1,
+        log=("--log-format", "json", "--log-interval", "1")), env=ENV)
+    inner, epoch = log_records(proc, "train_inner"), log_records(proc, "train")
+    assert inner and all(float(r["node_fixed_step"]) == 1 for r in inner)  # one batch an update
+    assert float(epoch[0]["train_node_fixed_step"]) == len(inner)
+    for rec, prefix in [(r, "") for r in inner] + [(epoch[0], "train_")]:
+        assert not any(k.startswith(prefix + mn.ERROR_PREFIX) for k in rec), rec
