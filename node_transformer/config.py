@@ -19,7 +19,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models.transformer.transformer_config import DEFAULT_MIN_PARAMS_TO_WRAP
 
-from odeint_ext import ERROR_ESTIMATE_METHODS, METHODS, SettingsError, SolverSettings
+from odeint_ext import (ERROR_ESTIMATE_METHODS, FIXED_GRID_METHODS, METHODS, RK_ADAPTIVE_METHODS,
+                        SettingsError, SolverSettings)
 
 from .dynamics import DYNAMICS, OUTPUT_INITS
 from .incremental import DECODING_MODES
@@ -28,6 +29,17 @@ from .rk_blocks import BLOCKS, PC_ORDERS
 
 ON_BUDGET = ("error", "skip", "fixed-step", "defer")
 ERROR_ESTIMATES = ("local", "global")
+
+# Solver settings that only some methods take: (field, the methods that take it). A model
+# loaded to translate or validate with another method than it was trained with keeps only
+# those its new method takes (NodeConfig.for_inference).
+METHOD_SPECIFIC = (
+    ("node_steps", FIXED_GRID_METHODS),
+    ("node_max_num_steps", tuple(m for m in METHODS if m not in FIXED_GRID_METHODS)),
+    ("node_first_step", RK_ADAPTIVE_METHODS),
+    ("node_min_step", RK_ADAPTIVE_METHODS),
+    ("node_adjoint_seminorm", RK_ADAPTIVE_METHODS),
+)
 
 
 class NodeArgumentError(ValueError):
@@ -205,8 +217,11 @@ class NodeConfig(FairseqDataclass):
 
     # -- checks ----------------------------------------------------------------------------
 
-    def validate(self) -> "NodeConfig":
-        """Raise NodeArgumentError naming the first flag that cannot work; else return self."""
+    def validate(self, training: bool = True) -> "NodeConfig":
+        """Raise NodeArgumentError naming the first flag that cannot work; else return self.
+        ``training=False`` (a checkpoint loaded to validate or translate): the settings that
+        only shape training (the error penalty, STEER) are not checked, since no solve uses
+        them; what the solver itself needs still is."""
         for f in self.node_fields():
             check = f.metadata.get("check")
             problem = check(getattr(self, f.name)) if check is not None else None
@@ -238,8 +253,9 @@ class NodeConfig(FairseqDataclass):
             raise NodeArgumentError(f"--node-max-nfe {self.node_max_nfe} is below the {fewest} "
                                     f"evaluations every solve with {given} makes: no batch could "
                                     "pass it (0 = unbounded)")
-        self._check_error_penalty()
-        if self.node_steer_b >= ts[-1] - ts[-2]:
+        if training:
+            self._check_error_penalty()
+        if training and self.node_steer_b >= ts[-1] - ts[-2]:
             raise NodeArgumentError(f"--node-steer-b {self.node_steer_b} must be smaller than the "
                                     f"last interval of --node-ts ({ts[-1] - ts[-2]:g})")
         if not (self.node_encoder or self.node_decoder) and self.changed():
@@ -283,6 +299,20 @@ class NodeConfig(FairseqDataclass):
         if len(parse_ts(self.node_ts)) != 2:
             raise NodeArgumentError(f"--node-block {self.node_block} takes one step: --node-ts "
                                     f"must be two times, got {self.node_ts!r}")
+
+    def for_inference(self) -> Tuple["NodeConfig", Tuple[str, ...]]:
+        """(this config for a loaded checkpoint, the settings left out): the method-specific
+        solver settings that --node-method (perhaps overridden at load time) does not take
+        are reset, so that a model trained with ``dopri5 --node-first-step 1`` can be run
+        with ``euler``; each left-out setting is named, as ``--node-first-step 1.0``."""
+        changes = {name: None if name != "node_adjoint_seminorm" else False
+                   for name, methods in METHOD_SPECIFIC
+                   if self.node_method not in methods and getattr(self, name) not in (None, False)}
+        if not changes:
+            return self, ()
+        dropped = tuple(f"{flag(name)} {getattr(self, name)}" for name in changes)
+        values = {f.name: getattr(self, f.name) for f in self.node_fields()}
+        return type(self)(**{**values, **changes}), dropped
 
     # -- typed views -----------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """The ``node_transformer`` model and architecture: fairseq's Transformer whose encoder
 and/or decoder stack is replaced by ODE blocks, as chosen by the --node-* flags."""
 
+import logging
+from contextvars import ContextVar
 from typing import Optional
 
 from fairseq.models import register_model, register_model_architecture
@@ -10,6 +12,12 @@ from fairseq.models.transformer.transformer_legacy import base_architecture
 from .config import NodeArgumentError, NodeConfig, check_transformer_flags
 from .decoder import NODETransformerDecoder
 from .encoder import NODETransformerEncoder
+
+logger = logging.getLogger(__name__)
+
+# The settings build_model checked, for build_encoder / build_decoder, which fairseq calls
+# with the model's config alone (a model loaded from a checkpoint is checked differently).
+_BUILDING: ContextVar[Optional[NodeConfig]] = ContextVar("node_transformer_building", default=None)
 
 
 @register_model("node_transformer")
@@ -23,16 +31,40 @@ class NODETransformerModel(TransformerModel):
 
     @classmethod
     def build_model(cls, args, task):
+        """``task.node_loading_checkpoint`` (set by node_translation for fairseq-generate,
+        -interactive, -validate and the hub): the solver is the one to run, perhaps given by
+        --model-overrides, not the one the model was trained with; settings that only shape
+        training are not checked, and method-specific ones the method does not take are
+        left out, with a log line."""
         node_transformer_base(args)
+        loading = bool(getattr(task, "node_loading_checkpoint", False))
         try:
-            node = cls.node_settings(args)
+            node = NodeConfig.from_namespace(args)
+            if loading:
+                node = cls._for_inference(node, args)
+            node.validate(training=not loading)
             check_transformer_flags(node, args)  # fairseq's flags that a NODE side would ignore
         except NodeArgumentError as e:
             # One line naming the flag, before anything is trained or written.
             raise SystemExit(f"node_transformer: error: {e}") from None
-        model = super().build_model(args, task)
+        token = _BUILDING.set(node)
+        try:
+            model = super().build_model(args, task)
+        finally:
+            _BUILDING.reset(token)
         model.node_config = node
         return model
+
+    @staticmethod
+    def _for_inference(node: NodeConfig, args) -> NodeConfig:
+        node, dropped = node.for_inference()
+        if dropped:
+            logger.info("solving with --node-method %s: left out %s, which %s not apply to it",
+                        node.node_method, ", ".join(dropped), "does" if len(dropped) == 1 else "do")
+            for name in ("node_steps", "node_max_num_steps", "node_first_step", "node_min_step",
+                         "node_adjoint_seminorm"):
+                setattr(args, name, getattr(node, name))  # the model's config says what it runs
+        return node
 
     @staticmethod
     def node_settings(cfg) -> NodeConfig:
@@ -43,14 +75,14 @@ class NODETransformerModel(TransformerModel):
 
     @classmethod
     def build_encoder(cls, cfg, src_dict, embed_tokens, node: Optional[NodeConfig] = None):
-        node = cls.node_settings(cfg) if node is None else node
+        node = node or _BUILDING.get() or cls.node_settings(cfg)
         if node.node_encoder:
             return NODETransformerEncoder(TransformerConfig.from_namespace(cfg), node, src_dict, embed_tokens)
         return super().build_encoder(cfg, src_dict, embed_tokens)
 
     @classmethod
     def build_decoder(cls, cfg, tgt_dict, embed_tokens, node: Optional[NodeConfig] = None):
-        node = cls.node_settings(cfg) if node is None else node
+        node = node or _BUILDING.get() or cls.node_settings(cfg)
         if node.node_decoder:
             return NODETransformerDecoder(TransformerConfig.from_namespace(cfg), node, tgt_dict, embed_tokens)
         return super().build_decoder(cfg, tgt_dict, embed_tokens)

@@ -210,6 +210,16 @@ class NODETranslationTask(TranslationTask):
         self._interactive = None  # (token lists, number of the first line): fairseq-interactive's input
         self._lines_read = 0
 
+    def build_model(self, cfg, from_checkpoint=False):
+        """fairseq builds a model to load a checkpoint into with ``from_checkpoint`` (generate,
+        interactive, validate, the hub; not a resumed training): the model then checks only
+        what its solver needs (model.NODETransformerModel.build_model)."""
+        self.node_loading_checkpoint = from_checkpoint
+        try:
+            return super().build_model(cfg, from_checkpoint)
+        finally:
+            self.node_loading_checkpoint = False
+
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         """A data directory that is not there, or not fairseq-preprocess's, stops with one line."""

@@ -23,7 +23,8 @@ import time
 import traceback
 
 ENTRY = {"fairseq-preprocess": "fairseq_cli.preprocess", "fairseq-train": "fairseq_cli.train",
-         "fairseq-generate": "fairseq_cli.generate", "fairseq-interactive": "fairseq_cli.interactive"}
+         "fairseq-generate": "fairseq_cli.generate", "fairseq-interactive": "fairseq_cli.interactive",
+         "fairseq-validate": "fairseq_cli.validate"}
 
 
 def run_one(tool, argv, log):
