@@ -192,6 +192,7 @@ class NodeTranslationConfig(TranslationConfig):
 
     max_epoch: int = II("optimization.max_epoch")
     max_update: int = II("optimization.max_update")
+    save_dir: str = II("checkpoint.save_dir")  # what a stopped run says is on disk
 
 
 @register_task("node_translation", dataclass=NodeTranslationConfig)
@@ -292,6 +293,34 @@ class NODETranslationTask(TranslationTask):
             return int(getattr(self.cfg, name) or 0)
         except Exception:
             return 0
+
+    def _on_disk(self) -> str:
+        """The checkpoints in --save-dir, for a run that stops: which files, of which epoch
+        and update count (fairseq's own record in each)."""
+        try:
+            save_dir = str(self.cfg.save_dir)
+        except Exception:  # outside fairseq-train
+            return ""
+        names = sorted(n for n in os.listdir(save_dir)
+                       if n.startswith("checkpoint") and n.endswith(".pt")) if os.path.isdir(save_dir) else []
+        if not names:
+            return f"; no checkpoint in {save_dir}"
+        groups: Dict[str, List[str]] = {}
+        for name in names:
+            try:
+                state = torch.load(os.path.join(save_dir, name), map_location="cpu", weights_only=False)
+                itr = state["extra_state"]["train_iterator"]  # where a resumed run goes on
+                updates = state["optimizer_history"][-1]["num_updates"]
+                epoch = (f"the end of epoch {itr['epoch'] - 1}" if itr.get("iterations_in_epoch", 0) == 0
+                         else f"inside epoch {itr['epoch']}")
+                what = f"{epoch} at {updates} update{'s' * (updates != 1)}"
+                what += " (an untrained model)" if updates == 0 else ""
+            except Exception:  # noqa: BLE001  (a file being written, or not fairseq's)
+                what = "unreadable"
+            groups.setdefault(what, []).append(name)
+        return f"; in {save_dir}: " + "; ".join(f"{', '.join(n)} from {what}" if what != "unreadable"
+                                                else f"{', '.join(n)} unreadable"
+                                                for what, n in groups.items())
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
@@ -490,7 +519,8 @@ class NODETranslationTask(TranslationTask):
                 why += f" (--max-epoch {max_epoch})"
         raise SystemExit(f"node_transformer: error: {epochs} trained nothing: a solve failed in every "
                          f"update (--node-on-budget {node.node_on_budget}){why}; stopped before saving a "
-                         "checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step")
+                         "checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step"
+                         + self._on_disk())
 
     def _end_run(self, reason: str) -> int:
         """The run's last update is done: deferred batches no later update trains are named

@@ -36,7 +36,8 @@ def test_a_last_epoch_that_deferred_every_batch_stops_with_one_line(data_bin, tm
     assert re.fullmatch(r"node_transformer: error: epoch 1 trained nothing: a solve failed in every "
                         r"update \(--node-on-budget defer\), and no later epoch trains its (\d+) "
                         r"deferred batches \(--max-epoch 1\); stopped before saving a checkpoint of "
-                        r"it: raise --node-max-nfe or use --node-on-budget fixed-step", last), last
+                        r"it: raise --node-max-nfe or use --node-on-budget fixed-step; no checkpoint "
+                        rf"in {re.escape(str(save))}", last), last
     log = proc.stdout + proc.stderr
     deferred = len(re.findall(r"\| deferred batch of \d+ sentences", log))
     warned = NEVER_TRAINED.search(log)
@@ -77,3 +78,19 @@ def test_updates_without_a_step_are_not_counted(data_bin, tmp_path, policy):
         assert warned and warned.groups() == (n, n, "1", "1")
     else:
         assert not warned
+
+
+def test_two_idle_epochs_say_which_checkpoints_are_on_disk(data_bin, tmp_path):
+    # Under defer an idle epoch 1 is let through (its batches come back in epoch 2) and its
+    # checkpoint is written at 0 updates; epoch 2 idle too stops the run. The one line used to
+    # say "stopped before saving a checkpoint" and leave the untrained checkpoint_best.pt unnamed.
+    data, _ = data_bin
+    save = tmp_path / "ckpt"
+    proc = cli("fairseq-train", *train_args(data, str(save), *NODE, "--node-max-nfe", "8",
+                                            "--node-on-budget", "defer", epochs=3), env=ENV, check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("node_transformer: error: epochs 1 and 2 trained nothing"), last
+    names = sorted(p.name for p in save.glob("*.pt"))
+    assert names and all(_updates(save / n) == 0 for n in names)
+    assert last.endswith(f"; in {save}: {', '.join(names)} from the end of epoch 1 at 0 updates (an untrained model)"), last

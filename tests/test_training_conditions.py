@@ -147,8 +147,10 @@ def test_an_epoch_that_trains_nothing_stops_fairseq_train(three_batches, tmp_pat
     last = proc.stderr.strip().splitlines()[-1]
     assert re.fullmatch(rf"node_transformer: error: epoch {2 if resumed else 1} trained nothing: a solve "
                         r"failed in every update \(--node-on-budget skip\); stopped before saving a "
-                        r"checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step",
-                        last), last
+                        r"checkpoint of it: raise --node-max-nfe or use --node-on-budget fixed-step; "
+                        + (rf"in {re.escape(str(save))}: checkpoint_best.pt, checkpoint_last.pt from "
+                           r"the end of epoch 1 at \d+ updates" if resumed
+                           else rf"no checkpoint in {re.escape(str(save))}"), last), last
     assert "Traceback" not in proc.stderr
     assert _checkpoints(save) == before  # nothing written, nothing overwritten
     assert not log_records(proc, "valid")
