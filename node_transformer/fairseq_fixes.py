@@ -38,10 +38,15 @@
    does not count an fp16 overflow, which takes no step. ``Trainer.train_step`` is wrapped:
    when the task's ``stepped`` says False, the count is put back (``set_num_updates``, which
    also sets the schedule's rate and the model's count).
+
+With 6, a resume whose checkpoint was trained with other solver settings than the run's
+(--node-method and the other flags that feed the solver; the parameters fit whatever the
+solver) says so in one log line: the checkpoint's settings and the ones now used.
 """
 
 import argparse
 import atexit
+import logging
 import queue
 import sys
 import threading
@@ -55,6 +60,8 @@ from fairseq.trainer import Trainer
 
 from .input_errors import (PREFIX, UnreadableCheckpoint, describe_mismatch, find, first_line,
                            stop_with_one_line)
+
+logger = logging.getLogger(__name__)
 
 SAFE_GLOBALS = [argparse.Namespace]
 
@@ -140,14 +147,37 @@ def _torch_reads(path) -> bool:
         return False
 
 
+_RESUMING: list = []  # while a resume loads: a list per resume, of the model configs it read
+
+
 def _load_checkpoint_naming_unreadable_files(path, *args, **kwargs):
     try:
-        return _fairseq_load_checkpoint_to_cpu(path, *args, **kwargs)
+        state = _fairseq_load_checkpoint_to_cpu(path, *args, **kwargs)
     except Exception as e:
         if find(e) is not None or _torch_reads(path):
             raise  # the file reads: the failure is elsewhere
         raise UnreadableCheckpoint(f"{path} is not a checkpoint torch can read (truncated or "
                                    f"partly written?): {first_line(e)}") from e
+    if _RESUMING:
+        _RESUMING[-1].append((state.get("cfg") or {}).get("model"))
+    return state
+
+
+def _name_solver_change(filename, saved_model_cfg, model_cfg) -> None:
+    """One log line when the checkpoint's solver settings differ from this run's."""
+    from .config import NodeConfig, flag  # the plugin's config module imports fairseq's models
+
+    if saved_model_cfg is None or getattr(saved_model_cfg, "arch", None) != getattr(model_cfg, "arch", None):
+        return
+    names = [f.name for f in NodeConfig.node_fields() if "solver" in f.metadata]
+    default = NodeConfig()
+    changed = [(n, getattr(saved_model_cfg, n, getattr(default, n)), getattr(model_cfg, n, getattr(default, n)))
+               for n in names]
+    changed = [(n, a, b) for n, a, b in changed if str(a) != str(b)]
+    if changed:
+        logger.info("resuming from %s, trained with %s; this run solves with %s", filename,
+                    ", ".join(f"{flag(n)} {a}" for n, a, _ in changed),
+                    ", ".join(f"{flag(n)} {b}" for n, _, b in changed))
 
 
 def _parameters_differ(trainer, filename):
@@ -164,8 +194,13 @@ def _parameters_differ(trainer, filename):
 
 
 def _resume_stopping_with_one_line(self, filename, *args, **kwargs):
+    read: list = []
+    _RESUMING.append(read)
     try:
-        return _fairseq_trainer_load_checkpoint(self, filename, *args, **kwargs)
+        out = _fairseq_trainer_load_checkpoint(self, filename, *args, **kwargs)
+        if read:
+            _name_solver_change(filename, read[0], self.cfg.model)
+        return out
     except Exception as e:
         if find(e) is not None:
             raise stop_with_one_line(e, filename, "cannot resume from") from None
@@ -173,6 +208,8 @@ def _resume_stopping_with_one_line(self, filename, *args, **kwargs):
         if problem is None:
             raise
         raise SystemExit(f"{PREFIX}cannot resume from {filename}: {problem}") from None
+    finally:
+        _RESUMING.pop()
 
 
 def _load_ensemble_stopping_with_one_line(filenames, *args, **kwargs):

@@ -97,3 +97,25 @@ def test_hub_takes_the_solver_as_keyword_overrides(trained):
     with pytest.raises(SystemExit, match="--node-method 'heun9' is unknown"):
         node_transformer.from_pretrained(save, checkpoint_file="checkpoint_last.pt",
                                          data_name_or_path=data, device="cpu", node_method="heun9")
+
+
+def test_a_resume_with_another_solver_names_both(trained, tmp_path):
+    """The parameters fit whatever the solver, so fairseq resumes silently; one line now says
+    what the checkpoint was trained with and what this run solves with."""
+    import shutil
+    data, save = trained[0], trained[1]
+    resumed = str(tmp_path / "ckpt")
+    shutil.copytree(save, resumed)
+
+    def resume(*flags, epochs):
+        return cli("fairseq-train", *train_argv(data, resumed, MODEL, "--node-encoder", "--node-decoder",
+                                                *flags, lr=5e-3, max_tokens=400, epochs=epochs), env=ENV)
+
+    proc = resume("--node-method", "rk4", "--node-steps", "2", epochs=2)
+    log = proc.stdout + proc.stderr
+    assert re.search(r"resuming from \S+checkpoint_last\.pt, trained with --node-method dopri5, "
+                     r"--node-steps None, --node-first-step 1\.0; this run solves with --node-method "
+                     r"rk4, --node-steps 2, --node-first-step None", log), log[-3000:]
+    proc = resume("--node-method", "rk4", "--node-steps", "2", epochs=3)
+    log = proc.stdout + proc.stderr
+    assert "Loaded checkpoint" in log and "resuming from" not in log  # the same solver: no line
