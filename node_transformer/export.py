@@ -116,7 +116,8 @@ def strip_state(state: dict, src: str, tgt: str) -> dict:
     model_cfg = cfg.get("model")
     if isinstance(model_cfg, Namespace):
         model_cfg = cfg["model"] = Namespace(**vars(model_cfg))
-    for target in (cfg.get("common"), cfg.get("checkpoint"), model_cfg):
+    # the task's too: node_translation keeps --save-dir (task.NodeTranslationConfig)
+    for target in (cfg.get("common"), cfg.get("checkpoint"), cfg.get("task"), model_cfg):
         for key in PATH_KEYS:
             if isinstance(target, dict) and target.get(key):
                 target[key] = None
