@@ -124,3 +124,20 @@ def test_a_learned_block_is_solved_as_its_own_f(tmp_path):
     on.restore()
     assert all(isinstance(layer.block, LearnedRKBlock) and layer.block is b for layer, b in zip(on.layers, learned))
     assert torch.is_tensor(next(model.parameters()))
+
+
+def test_render_merges_runs(ladder, tmp_path):
+    root, result = ladder[3], ladder[4]
+    merged = tmp_path / "merged.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "solver_ladder.py"), "--render", str(root / "ladder.json"),
+         str(root / "ladder.json"), "--columns", "own", "rk4-8", "--json", str(merged)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("| midpoint |")]
+    own, fine = rung(result, "own"), rung(result, "rk4-8")
+    assert len(lines) == 2 and lines[0].count("|") == 5
+    assert f"{own['valid_loss']:.3f}" in lines[0] and f"{fine['valid_loss']:.3f}" in lines[0]
+    with open(merged) as f:
+        data = json.load(f)
+    assert len(data["checkpoints"]) == 2 and len(data["runs"]) == 2 and data["runs"][0]["command"]

@@ -4,6 +4,8 @@
     solver_ladder.py CKPT [CKPT ...] --data-bin DIR [--names A B ...] [--rungs own euler-1 ...]
         [--bleu-rungs own rk4-1 ...] [--bleu-sentences N] [--threshold 0.05] [--agree 0.01]
         [--hyp-dir DIR] [--json FILE] [--figure PNG]
+    solver_ladder.py --render JSON [JSON ...] [--json MERGED] [--figure PNG]
+        (the table and figure of earlier runs, several merged into one file)
 
 Each checkpoint is evaluated under its own solver and under a ladder of others, the same
 weights every time: euler at 1, 2, 4, 8 and 16 steps, midpoint and rk4 at 1, 2, 4 and 8,
@@ -280,8 +282,10 @@ def ladder(a, checkpoint: str, name: str, refs: Optional[List[str]]) -> dict:
 
 # -- output ----------------------------------------------------------------------------------
 
-def render(results: List[dict]) -> List[str]:
-    names = [r["rung"] for r in results[0]["rungs"]] if results else []
+def render(results: List[dict], columns: Optional[List[str]] = None) -> List[str]:
+    """The table: each rung's valid loss (evaluations per block enc/dec, BLEU); ``columns``:
+    only these rungs."""
+    names = list(columns) if columns else [r["rung"] for r in results[0]["rungs"]] if results else []
     header = ["checkpoint", *names, "verdict (gap)"]
     lines = []
     for res in results:
@@ -340,8 +344,11 @@ def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
-    p.add_argument("--data-bin", required=True, metavar="DIR")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT")
+    p.add_argument("--data-bin", metavar="DIR")
+    p.add_argument("--render", nargs="+", metavar="JSON", help="print (and with --json merge) earlier runs")
+    p.add_argument("--columns", nargs="+", choices=list(RUNGS), metavar="RUNG",
+                   help="the rungs the table shows (default: every rung measured)")
     p.add_argument("--names", nargs="+", metavar="NAME", help="one per checkpoint (default: its run folder)")
     p.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=list(RUNGS), metavar="RUNG",
                    help=f"rungs to evaluate (default all: {', '.join(RUNGS)})")
@@ -367,8 +374,31 @@ def arg_parser() -> argparse.ArgumentParser:
     return p
 
 
+def render_files(a) -> int:
+    """--render: the runs' checkpoints in one table, figure and (--json) file; each run's
+    command, times and machine kept beside its checkpoints."""
+    import json
+    runs, results = [], []
+    for path in a.render:
+        with open(path, encoding="utf-8") as f:
+            run = json.load(f)
+        results += run["checkpoints"]
+        runs.append({k: v for k, v in run.items() if k != "checkpoints"})
+    print("\n".join(render(results, a.columns)))
+    if a.figure:
+        figure(results, a.figure)
+    if a.json:
+        write_json(a.json, {"runs": runs, "threshold": runs[0]["threshold"], "agree": runs[0]["agree"],
+                            "finest": list(FINEST), "checkpoints": results})
+    return 0
+
+
 def main(argv=None) -> int:
     a = arg_parser().parse_args(argv)
+    if a.render:
+        return render_files(a)
+    if not a.checkpoints or not a.data_bin:
+        raise SystemExit(f"{PROG}: error: give checkpoints and --data-bin (or --render JSON)")
     if a.names and len(a.names) != len(a.checkpoints):
         raise SystemExit(f"{PROG}: error: {len(a.names)} --names for {len(a.checkpoints)} checkpoints")
     if not os.path.isdir(a.data_bin):
@@ -388,7 +418,7 @@ def main(argv=None) -> int:
             results.append(ladder(a, ckpt, name, refs))
     except LadderError as e:
         raise SystemExit(f"{PROG}: error: {e}") from None
-    print("\n".join(render(results)))
+    print("\n".join(render(results, a.columns)))
     if a.figure:
         figure(results, a.figure)
     if a.json:
