@@ -148,6 +148,8 @@ ODE_CANDIDATES: Dict[str, tuple] = {
                         "global"], 4),
     "heun1-err-w1": ([*HEUN_ONE_STEP, "--node-error-penalty", "1.0", "--node-error-estimate",
                       "global"], 4),
+    "heun1-err-w0.3": ([*HEUN_ONE_STEP, "--node-error-penalty", "0.3", "--node-error-estimate",
+                        "global"], 4),
     # the span as depth: each solve's end time drawn from U(0.5, 1.5) (STEER), one step
     "midpoint-steer0.5": ([*MIDPOINT, "--node-steer-b", "0.5"], 4),
     # RNODE's kinetic energy: straighter flows, smaller discretisation error
