@@ -358,28 +358,30 @@ def figure(rows: List[dict], path: str, lrs: Optional[List[float]] = None) -> No
         raise SystemExit(f"{PROG}: error: no rows at learning rate(s) {', '.join(f'{x:g}' for x in lrs)}")
     names = sorted({r["name"] for r in drawn}, key=row_order)
     colour = {n: plt.get_cmap("tab20")(i % 20) for i, n in enumerate(names)}
-    fig, axes = plt.subplots(2, len(lrs), figsize=(6.5 * len(lrs), 9), squeeze=False)
     classic = {(r["seed"], r.get("lr")): r["loss_at_updates"] for r in rows if r["name"] == CLASSIC}
+    panels = 2 if classic else 1  # no classic row: nothing to take differences to
+    fig, axes = plt.subplots(panels, len(lrs), figsize=(6.5 * len(lrs), 4.5 * panels), squeeze=False)
     for col, lr in enumerate(lrs):
-        ax, dx = axes[0][col], axes[1][col]
+        ax, dx = axes[0][col], axes[-1][col] if classic else None
         for r in (r for r in drawn if r.get("lr") == lr):
             pts = sorted((int(u), v) for u, v in r["loss_at_updates"].items())
             style = dict(marker="o", color=colour[r["name"]], linestyle="-" if r["seed"] == 1 else "--")
             ax.plot(*zip(*pts), label=f"{r['name']} s{r['seed']}", **style)
             ref = classic.get((r["seed"], lr))
             other_dropout = "--dropout" in ROWS.get(r["name"], ([], 0))[0]  # not the classic's model
-            if ref and r["name"] != CLASSIC and not other_dropout:
+            if dx is not None and ref and r["name"] != CLASSIC and not other_dropout:
                 diff = [(u, v - ref[str(u)]) for u, v in pts if str(u) in ref]
                 if diff:
                     dx.plot(*zip(*diff), **style)
         ax.set_title(f"peak lr {lr:g}: valid loss (Multi30k, mini)")
-        dx.set_title(f"peak lr {lr:g}: difference to {CLASSIC} (same seed)")
-        dx.axhline(0, color="black", linewidth=0.8)
-        for a in (ax, dx):
+        ax.set_ylabel("valid loss (bits)")
+        for a in (ax, dx) if dx is not None else (ax,):
             a.set_xlabel("updates")
             a.grid(alpha=0.3)
-        ax.set_ylabel("valid loss (bits)")
-        dx.set_ylabel("valid loss difference (bits)")
+        if dx is not None:
+            dx.set_title(f"peak lr {lr:g}: difference to {CLASSIC} (same seed)")
+            dx.axhline(0, color="black", linewidth=0.8)
+            dx.set_ylabel("valid loss difference (bits)")
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

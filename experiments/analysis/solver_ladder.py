@@ -68,6 +68,7 @@ class Rung:
                        backprop="direct")
 
 
+MARKERS = {"euler": "o", "midpoint": "s", "rk4": "^", "dopri5": "x"}  # the figure's
 MAX_NFE = 20000  # per solve: a rung this costly is recorded as failed, not waited for
 RUNGS: Dict[str, Rung] = {OWN: Rung(OWN, "")}
 for _m, _counts in (("euler", (1, 2, 4, 8, 16)), ("midpoint", (1, 2, 4, 8)), ("rk4", (1, 2, 4, 8))):
@@ -316,15 +317,22 @@ def figure(results: List[dict], path: str) -> None:
         pts = [(max(r.get("nfe_enc", 0), r.get("nfe_dec", 0)), r) for r in res["rungs"]
                if "valid_loss" in r and r["rung"] != OWN]
         pts.sort(key=lambda p: p[0])
-        line, = axes[0].plot([p[0] for p in pts], [p[1]["valid_loss"] for p in pts], "-o", ms=3,
+        # a line through one family (euler, midpoint, rk4, dopri5: the same markers), points
+        rk4 = [p for p in pts if p[1]["method"] == "rk4"]
+        line, = axes[0].plot([p[0] for p in rk4], [p[1]["valid_loss"] for p in rk4], "-",
                              label=f"{res['name']} ({res['verdict']})")
+        for method, marker in MARKERS.items():
+            fam = [p for p in pts if p[1]["method"] == method]
+            axes[0].plot([p[0] for p in fam], [p[1]["valid_loss"] for p in fam], marker, ms=4,
+                         color=line.get_color(), linestyle="none")
         own = next((r for r in res["rungs"] if r["rung"] == OWN and "valid_loss" in r), None)
         if own:
             axes[0].plot([max(own.get("nfe_enc", 0), own.get("nfe_dec", 0))], [own["valid_loss"]], "*",
                          ms=12, color=line.get_color())
-        bl = [(x, r["bleu"]) for x, r in pts if r.get("bleu") is not None]
-        if bl:
-            axes[1].plot([x for x, _ in bl], [b for _, b in bl], "-o", ms=3, color=line.get_color())
+        for method, marker in MARKERS.items():
+            bl = [(x, r["bleu"]) for x, r in pts if r.get("bleu") is not None and r["method"] == method]
+            axes[1].plot([x for x, _ in bl], [b for _, b in bl], marker, ms=5, color=line.get_color(),
+                         linestyle="-" if method == "rk4" else "none")
         if own and own.get("bleu") is not None:
             axes[1].plot([max(own.get("nfe_enc", 0), own.get("nfe_dec", 0))], [own["bleu"]], "*",
                          ms=12, color=line.get_color())
@@ -334,7 +342,8 @@ def figure(results: List[dict], path: str) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("solver ladder: the same weights under each solver (star: its own)")
+    fig.suptitle("solver ladder: the same weights under each solver (star: its own; "
+                 "o euler, s midpoint, ^ rk4 (line), x dopri5)", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
