@@ -100,6 +100,14 @@ CONFIGS = {
         "adaptive_heun", "--node-rtol", "1e-1", "--node-atol", "1e-1", "--node-first-step", "1.0",
         "--node-backprop", "direct", "--node-error-penalty", "0.1", "--node-error-estimate",
         "global", "--lr", "4e-3"]),
+    # issue 38: the cheapest model found that is an ODE by the solver ladder: one Heun step
+    # (adaptive_heun held at one accepted step over the span, two evaluations) with its free
+    # Heun-Euler error estimate as the penalty at weight 0.3 (RESULTS.md, "Is it an ODE?")
+    "heun1-err-w0.3": ("04", [
+        "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method",
+        "adaptive_heun", "--node-rtol", "1e-1", "--node-atol", "1e-1", "--node-first-step", "1.0",
+        "--node-min-step", "1.0", "--node-backprop", "direct", "--node-error-penalty", "0.3",
+        "--node-error-estimate", "global", "--lr", "4e-3"]),
     # issue 22's best block at equal parameters and updates: ODE Transformer's gated RK2 over
     # [0, 2], pre-norm dynamics, backprop through its two evaluations (docs/blocks.md)
     "rk2-gated-t2": ("02", [
