@@ -9,7 +9,7 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerModel
 from fairseq.models.transformer.transformer_legacy import base_architecture
 
-from .config import NodeArgumentError, NodeConfig, check_transformer_flags
+from .config import METHOD_SPECIFIC, NodeArgumentError, NodeConfig, check_transformer_flags
 from .decoder import NODETransformerDecoder
 from .encoder import NODETransformerEncoder
 
@@ -61,8 +61,7 @@ class NODETransformerModel(TransformerModel):
         if dropped:
             logger.info("solving with --node-method %s: left out %s, which %s not apply to it",
                         node.node_method, ", ".join(dropped), "does" if len(dropped) == 1 else "do")
-            for name in ("node_steps", "node_max_num_steps", "node_first_step", "node_min_step",
-                         "node_adjoint_seminorm"):
+            for name, _ in METHOD_SPECIFIC:
                 setattr(args, name, getattr(node, name))  # the model's config says what it runs
         return node
 
