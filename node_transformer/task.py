@@ -192,7 +192,8 @@ class NodeTranslationConfig(TranslationConfig):
 
     max_epoch: int = II("optimization.max_epoch")
     max_update: int = II("optimization.max_update")
-    save_dir: str = II("checkpoint.save_dir")  # what a stopped run says is on disk
+    # what a stopped run says is on disk; None in an exported model (export.py clears paths)
+    save_dir: Optional[str] = II("checkpoint.save_dir")
 
 
 @register_task("node_translation", dataclass=NodeTranslationConfig)
@@ -298,8 +299,10 @@ class NODETranslationTask(TranslationTask):
         """The checkpoints in --save-dir, for a run that stops: which files, of which epoch
         and update count (fairseq's own record in each)."""
         try:
-            save_dir = str(self.cfg.save_dir)
+            save_dir = self.cfg.save_dir
         except Exception:  # outside fairseq-train
+            return ""
+        if not save_dir:
             return ""
         names = sorted(n for n in os.listdir(save_dir)
                        if n.startswith("checkpoint") and n.endswith(".pt")) if os.path.isdir(save_dir) else []
