@@ -155,10 +155,24 @@ ODE_CANDIDATES: Dict[str, tuple] = {
     # RNODE's kinetic energy: straighter flows, smaller discretisation error
     "midpoint-kinetic0.1": ([*MIDPOINT, "--node-kinetic-energy", "0.1"], 4),
 }
+# Issue 38's "one checkpoint, any depth": fairseq's discrete answer, a 4-layer classic trained
+# with LayerDrop 0.5 on both sides and pruned at load time (--encoder-layers-to-keep), and the
+# 4-layer classic alone, post-norm (fairseq's default) and pre-norm, for their learning-rate probes.
+FOUR = ["--encoder-layers", "4", "--decoder-layers", "4"]
+LAYERDROP = ["--encoder-layerdrop", "0.5", "--decoder-layerdrop", "0.5"]
+PRENORM_CLASSIC = ROWS["classic-prenorm"][0]
+DEPTH: Dict[str, tuple] = {
+    "classic-4layer": (FOUR, 8),
+    "classic-4layer-prenorm": ([*FOUR, *PRENORM_CLASSIC], 8),
+    # half the layers dropped on average: 4 evaluations per token in training, 8 at full depth
+    "classic-4layer-ld0.5": ([*FOUR, *LAYERDROP], 8),
+    "classic-4layer-prenorm-ld0.5": ([*FOUR, *PRENORM_CLASSIC, *LAYERDROP], 8),
+}
 DEFAULT_ROWS = [n for n in ROWS if "6" not in n] + ["rk2-gated-t2"]  # the best block (RESULTS.md)
 ROWS.update(PROBES)
 ROWS.update(ADAPTIVE)
 ROWS.update(ODE_CANDIDATES)
+ROWS.update(DEPTH)
 PARAMS = re.compile(r"num\. shared model params: ([\d,]+)")
 
 

@@ -195,14 +195,16 @@ def bleu_of(hyps: Dict[int, str], refs: List[str]) -> float:
 
 # -- one checkpoint ---------------------------------------------------------------------------
 
-def load(checkpoint: str, data_bin: str):
+def load(checkpoint: str, data_bin: str, overrides: Optional[dict] = None):
+    """The model on the CPU in eval mode, its config and task; ``overrides`` as fairseq's
+    --model-overrides (a LayerDrop model pruned at load: ``encoder_layers_to_keep``)."""
     import torch
     import node_transformer  # noqa: F401  (registers model and task)
     from fairseq import checkpoint_utils
     if not os.path.isfile(checkpoint):
         raise LadderError(f"{checkpoint}: checkpoint not found")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [checkpoint], arg_overrides={"data": os.path.abspath(data_bin)})
+        [checkpoint], arg_overrides={"data": os.path.abspath(data_bin), **(overrides or {})})
     model = models[0].to(torch.device("cpu")).eval()
     return model, cfg, task
 
