@@ -108,6 +108,20 @@ CONFIGS = {
         "adaptive_heun", "--node-rtol", "1e-1", "--node-atol", "1e-1", "--node-first-step", "1.0",
         "--node-min-step", "1.0", "--node-backprop", "direct", "--node-error-penalty", "0.3",
         "--node-error-estimate", "global", "--lr", "4e-3"]),
+    # issue 38, item 3: one checkpoint at any depth. heun1-err-w0.3 at its own probed peak rate
+    # (260-update probes, RESULTS.md: 8.18 at 4e-3, 7.22 at 8e-3, 6.57 at 1.6e-2, 6.84 at 3.2e-2)
+    "heun1-err-w0.3-lr-probed": ("04", [
+        "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method",
+        "adaptive_heun", "--node-rtol", "1e-1", "--node-atol", "1e-1", "--node-first-step", "1.0",
+        "--node-min-step", "1.0", "--node-backprop", "direct", "--node-error-penalty", "0.3",
+        "--node-error-estimate", "global", "--lr", "1.6e-2"]),
+    # fairseq's discrete answer: 4 layers per side trained with LayerDrop 0.5 (Fan et al. 2020),
+    # pruned at load time; pre-norm, which learns where post-norm 4 layers crawl (260-update
+    # probes: post-norm 9.12 at 1e-3, 9.35 at 2e-3; pre-norm 8.44 at 4e-3, 8.03 at 8e-3, 7.97 at
+    # 1.6e-2, 8.16 at 3.2e-2)
+    "classic-4layer-prenorm-ld0.5": ("02", [
+        "--lr", "1.6e-2", "--encoder-layers", "4", "--decoder-layers", "4", "--encoder-normalize-before",
+        "--decoder-normalize-before", "--encoder-layerdrop", "0.5", "--decoder-layerdrop", "0.5"]),
     # issue 22's best block at equal parameters and updates: ODE Transformer's gated RK2 over
     # [0, 2], pre-norm dynamics, backprop through its two evaluations (docs/blocks.md)
     "rk2-gated-t2": ("02", [
