@@ -83,6 +83,7 @@ class Evaluation:
         generator = task.build_generator([model], ap.Namespace(beam=self.a.beam))
         row = sl.valid_loss(model, task, criterion, valid)
         remove = None if self.a.remove_bpe == "none" else self.a.remove_bpe
+        sl.translate(model, task, generator, test[:1], None, remove)  # untimed: the first batch's set-up
         hyps, seconds, per_position = sl.translate(model, task, generator, test, self.a.bleu_sentences, remove)
         row.update(sentences=len(hyps), sentences_per_s=round(len(hyps) / seconds, 2),
                    ms_per_sentence=round(1000 * seconds / len(hyps), 3),
@@ -183,7 +184,9 @@ def figure(models: List[dict], path: str) -> None:
     for m in models:
         if m["kind"] == "classic":
             continue
-        pts = sorted((p["ms_per_sentence"], p["bleu"], p["point"]) for p in m["points"] if p.get("bleu") is not None)
+        # the line follows depth (evaluations per position), each point where its time puts it
+        pts = [(p["ms_per_sentence"], p["bleu"], p["point"]) for p in
+               sorted(m["points"], key=lambda p: (p["budget"], p["ms_per_sentence"])) if p.get("bleu") is not None]
         line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if m["kind"] == "node" else "s--",
                         label=f"{m['name']} ({'solver' if m['kind'] == 'node' else 'layers kept'})")
         for x, y, label in pts:
