@@ -56,3 +56,36 @@ def command_line(cmd: Sequence[str]) -> str:
             word = "python"
         words.append(word)
     return " ".join(shlex.quote(w) for w in words)
+
+
+def utc_now() -> str:
+    """The time results record: UTC, to the second."""
+    import datetime
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def machine_record() -> dict:
+    """What a result needs to say about the machine it ran on (torch imported only here: the
+    harness's other tools run without it)."""
+    import platform
+
+    import torch
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg()}
+
+
+def pyplot():
+    """matplotlib's pyplot without a display, its debug lines kept out of fairseq's verbose root
+    logger."""
+    import logging
+
+    import matplotlib
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)

@@ -29,15 +29,14 @@ milliseconds per sentence, one line per model.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 from typing import Dict, List, Optional, Tuple
 
 from experiments import machine_load as ml
 from experiments.analysis import solver_ladder as sl
-from experiments.files import command_line, repo_relative, table, write_json
+from experiments.files import (command_line, machine_record, pyplot, repo_relative, save_figure, table,
+                               utc_now, write_json)
 
 PROG = "depth_budgets"
 NODE_RUNGS = ("own", "euler-1", "midpoint-1", "rk4-1", "rk4-2")
@@ -74,13 +73,21 @@ class Evaluation:
 
     def __init__(self, a, refs: Optional[List[str]]):
         self.a, self.refs = a, refs
+        self._ready = None  # (model, criterion, valid, test, generator) of the last model
+
+    def _prepare(self, model, task, cfg):
+        """Criterion, batches and generator, built once per loaded model: a NODE model's rungs
+        change its solver in place, so they share them."""
+        import argparse as ap
+        if self._ready is None or self._ready[0] is not model:
+            self._ready = (model, task.build_criterion(cfg.criterion),
+                           sl.batches_of(task, self.a.valid_subset, self.a.max_tokens, model),
+                           sl.batches_of(task, self.a.test_subset, None, model, batch_size=self.a.batch_size),
+                           task.build_generator([model], ap.Namespace(beam=self.a.beam)))
+        return self._ready[1:]
 
     def point(self, model, task, cfg, node: bool = False) -> dict:
-        import argparse as ap
-        criterion = task.build_criterion(cfg.criterion)
-        valid = sl.batches_of(task, self.a.valid_subset, self.a.max_tokens, model)
-        test = sl.batches_of(task, self.a.test_subset, None, model, batch_size=self.a.batch_size)
-        generator = task.build_generator([model], ap.Namespace(beam=self.a.beam))
+        criterion, valid, test, generator = self._prepare(model, task, cfg)
         row = sl.valid_loss(model, task, criterion, valid)
         remove = None if self.a.remove_bpe == "none" else self.a.remove_bpe
         sl.translate(model, task, generator, test[:1], None, remove)  # untimed: the first batch's set-up
@@ -173,12 +180,7 @@ def render(models: List[dict]) -> List[str]:
 
 
 def figure(models: List[dict], path: str) -> None:
-    import logging
-
-    import matplotlib
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     classics = [m for m in models if m["kind"] == "classic"]
     for m in models:
@@ -205,8 +207,7 @@ def figure(models: List[dict], path: str) -> None:
     ax.legend(fontsize=7)
     ax.set_title("one checkpoint at several depths: BLEU against decoding time", fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
     if ref is None:
         print(f"{PROG}: no raw reference for {a.test_subset!r} (pass --ref): BLEU not computed", flush=True)
     ev = Evaluation(a, read_lines(ref) if ref else None)
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started = utc_now()
     models = []
     try:
         for kind, name, path in jobs:
@@ -286,12 +287,10 @@ def main(argv=None) -> int:
     if a.figure:
         figure(models, a.figure)
     if a.json:
-        import torch
         write_json(a.json, {
             "command": command_line(sys.argv), "started": started,
-            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg()},
+            "finished": utc_now(),
+            "machine": machine_record(),
             "reference": repo_relative(ref) if ref else None, "models": models})
     return 0
 

@@ -35,16 +35,15 @@ each other).
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
-from experiments.files import command_line, repo_relative, table, write_json
+from experiments.files import (command_line, machine_record, pyplot, repo_relative, save_figure, table,
+                               utc_now, write_json)
 
 PROG = "solver_ladder"
 OWN = "own"
@@ -308,12 +307,7 @@ def render(results: List[dict], columns: Optional[List[str]] = None) -> List[str
 
 
 def figure(results: List[dict], path: str) -> None:
-    import logging
-
-    import matplotlib
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger is verbose
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for res in results:
         pts = [(max(r.get("nfe_enc", 0), r.get("nfe_dec", 0)), r) for r in res["rungs"]
@@ -347,8 +341,7 @@ def figure(results: List[dict], path: str) -> None:
     fig.suptitle("solver ladder: the same weights under each solver (star: its own; "
                  "o euler, s midpoint, ^ rk4 (line), x dopri5)", fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -422,7 +415,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: no raw reference for {a.test_subset!r} (pass --ref): BLEU not computed", flush=True)
     names = a.names or [os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(c)))) or c
                         for c in a.checkpoints]
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started = utc_now()
     results = []
     try:
         for ckpt, name in zip(a.checkpoints, names):
@@ -433,12 +426,10 @@ def main(argv=None) -> int:
     if a.figure:
         figure(results, a.figure)
     if a.json:
-        import torch
         write_json(a.json, {
             "command": command_line(sys.argv), "started": started,
-            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg()},
+            "finished": utc_now(),
+            "machine": machine_record(),
             "threshold": a.threshold, "agree": a.agree, "finest": list(FINEST),
             "reference": repo_relative(ref) if ref else None, "checkpoints": results})
     return 0
