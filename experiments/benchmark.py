@@ -51,7 +51,7 @@ from typing import Dict, List, Optional
 
 from . import machine_load as ml
 from . import runner as rx
-from .files import table, write_json
+from .files import pyplot, table, write_json
 from .models import SIZES, build_model, write_dicts
 from .names import metric_names as mn
 from .progress import Stages, bar
@@ -548,9 +548,7 @@ def _memory_cells(m: dict, peak) -> list:
 
 def time_figure(doc: dict, path: str) -> None:
     """Valid loss against training time, every configuration (and seed) in one figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in doc["configurations"] if r.get("valid_curve")]
     if not rows:
@@ -578,9 +576,7 @@ def time_figure(doc: dict, path: str) -> None:
 
 def memory_figure(doc: dict, path: str) -> None:
     """Peak memory of one training step against its NFE (forward + backward), per backprop."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for backprop, marker in (("adjoint", "o"), ("direct", "s")):

@@ -35,7 +35,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from experiments.files import repo_relative
+from experiments.files import pyplot, repo_relative
 
 PROG = "analyze_nfe"
 NFE_COLUMNS = ("nfe_enc_fwd", "nfe_dec_fwd", "nfe_enc_bwd", "nfe_dec_bwd")
@@ -236,13 +236,7 @@ def summarize(rows: List[dict], columns: List[str]) -> dict:
 
 
 def plot(rows: List[dict], columns: List[str], traj: List[dict], out: str) -> List[str]:
-    import logging
-
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's root logger: DEBUG
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     written = []
     ok = [r for r in rows if not r["over_budget"]]

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ..files import command_line
+from ..files import command_line, pyplot
 
 PROG = "error_drivers"
 SIDES = ("encoder", "decoder")
@@ -314,9 +314,7 @@ def render(rows: List[dict]) -> List[str]:
 def figure(rows: List[dict], path: str) -> None:
     """Per run (colour family) and side (line style): NFE per solve, the decoder's sub-layer
     shares, the share of the top 10% of positions."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     runs = list(dict.fromkeys(r.get("run", "") for r in rows))
