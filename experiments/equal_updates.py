@@ -33,7 +33,7 @@ from typing import Dict, List, Optional
 
 from .configs import ROOT, USER_DIR, find_config, load_config
 from .fairseq_log import parse_log
-from .files import command_line, table, write_json
+from .files import command_line, pyplot, table, write_json
 
 PROG = "equal_updates"
 JSON_KEY = "equal_updates"
@@ -142,6 +142,7 @@ ADAPTIVE: Dict[str, tuple] = {
 MIDPOINT = [*BOTH, *PRENORM, "--node-method", "midpoint", "--node-steps", "1", *DIRECT]
 HEUN_ONE_STEP = [*BOTH, *PRENORM, "--node-method", "adaptive_heun", "--node-rtol", "1e-1",
                  "--node-atol", "1e-1", "--node-first-step", "1.0", "--node-min-step", "1.0", *DIRECT]
+EULER_TWO_STEPS = [*BOTH, *PRENORM, "--node-method", "euler", "--node-steps", "2", *DIRECT]
 ODE_CANDIDATES: Dict[str, tuple] = {
     "heun1": (HEUN_ONE_STEP, 4),
     "heun1-err-w0.1": ([*HEUN_ONE_STEP, "--node-error-penalty", "0.1", "--node-error-estimate",
@@ -154,6 +155,15 @@ ODE_CANDIDATES: Dict[str, tuple] = {
     "midpoint-steer0.5": ([*MIDPOINT, "--node-steer-b", "0.5"], 4),
     # RNODE's kinetic energy: straighter flows, smaller discretisation error
     "midpoint-kinetic0.1": ([*MIDPOINT, "--node-kinetic-energy", "0.1"], 4),
+    # a random step count per update (--node-train-steps): Euler on 1, 2 or 3 steps, two
+    # evaluations per solve on average, run at two; against Euler on two steps every update
+    # (Ott et al.'s remedy in its simplest form: a step below the critical size)
+    "euler-train123": ([*EULER_TWO_STEPS, "--node-train-steps", "1 2 3"], 4),
+    "euler2": (EULER_TWO_STEPS, 4),
+    # two and a half evaluations per solve on average: Euler on 1-4 steps, and the midpoint
+    # on one step three updates in four, two steps in the fourth
+    "euler-train1234": ([*EULER_TWO_STEPS, "--node-train-steps", "1 2 3 4"], 5),
+    "midpoint-train1112": ([*MIDPOINT, "--node-train-steps", "1 1 1 2"], 5),
 }
 # Issue 38's "one checkpoint, any depth": fairseq's discrete answer, a 4-layer classic trained
 # with LayerDrop 0.5 on both sides and pruned at load time (--encoder-layers-to-keep), and the
@@ -361,10 +371,7 @@ def figure(rows: List[dict], path: str, lrs: Optional[List[float]] = None) -> No
     """One column per peak learning rate (``lrs``, default all): valid loss against updates
     (top) and its difference to ``classic-1layer`` of the same seed and rate (bottom: below
     zero is better than the classic). Rows are only compared within their own rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lrs = sorted({r.get("lr") for r in rows if r.get("lr") is not None} if lrs is None else lrs)
     drawn = [r for r in rows if r.get("lr") in lrs and r["loss_at_updates"]]

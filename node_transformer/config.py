@@ -35,6 +35,7 @@ ERROR_ESTIMATES = ("local", "global")
 # those its new method takes (NodeConfig.for_inference).
 METHOD_SPECIFIC = (
     ("node_steps", FIXED_GRID_METHODS),
+    ("node_train_steps", FIXED_GRID_METHODS),
     ("node_max_num_steps", tuple(m for m in METHODS if m not in FIXED_GRID_METHODS)),
     ("node_first_step", RK_ADAPTIVE_METHODS),
     ("node_min_step", RK_ADAPTIVE_METHODS),
@@ -83,6 +84,24 @@ def _at_least(low, note: str = "") -> Callable[[Any], Optional[str]]:
 
 def _times(value) -> None:
     parse_ts(value)  # raises, naming --node-ts
+
+
+def parse_train_steps(value) -> Tuple[int, ...]:
+    """'1 2 3' or '1,2,3' -> (1, 2, 3); raises NodeArgumentError naming --node-train-steps."""
+    parts = [p for p in re.split(r"[\s,]+", str(value).strip("[]() ")) if p]
+    try:
+        steps = tuple(int(p) for p in parts)
+    except ValueError:
+        steps = ()
+    if not steps or min(steps) < 1:
+        raise NodeArgumentError(f"--node-train-steps must list step counts of at least 1, "
+                                f"e.g. '1 2 3'; got {value!r}")
+    return steps
+
+
+def _train_steps(value) -> None:
+    if value is not None:
+        parse_train_steps(value)  # raises, naming --node-train-steps
 
 
 def _node(default, text: str, check: Optional[Callable] = None, solver: Optional[str] = None):
@@ -148,6 +167,10 @@ class NodeConfig(FairseqDataclass):
     node_steps: Optional[int] = _node(
         None, "fixed-grid methods: number of steps over the interval (default: the --node-ts grid)",
         solver="steps")
+    node_train_steps: Optional[str] = _node(
+        None, "fixed-grid methods, in training only: each update solves on a number of steps "
+              "drawn uniformly from this list, e.g. '1 2 3' (the same draw on every worker and "
+              "block); validation and generation keep --node-steps", check=_train_steps)
     node_decoding: str = _node(
         "auto", "generation: auto (default: solve only the newest position where the layers "
                 "allow it: fixed-grid Runge-Kutta methods, exactly; the separated decoder with "
@@ -255,6 +278,10 @@ class NodeConfig(FairseqDataclass):
                                     "pass it (0 = unbounded)")
         if training:
             self._check_error_penalty()
+        if training and self.node_train_steps is not None and solver.method not in FIXED_GRID_METHODS:
+            raise NodeArgumentError(f"--node-train-steps applies to fixed-grid methods "
+                                    f"({', '.join(FIXED_GRID_METHODS)}), got --node-method "
+                                    f"{self.node_method}")
         if training and self.node_steer_b >= ts[-1] - ts[-2]:
             raise NodeArgumentError(f"--node-steer-b {self.node_steer_b} must be smaller than the "
                                     f"last interval of --node-ts ({ts[-1] - ts[-2]:g})")
@@ -290,7 +317,7 @@ class NodeConfig(FairseqDataclass):
                        if ("solver" in f.metadata and f.name != "node_ts")
                        or f.name in ("node_on_budget", "node_fallback_steps", "node_kinetic_energy",
                                      "node_jacobian_norm", "node_steer_b", "node_error_penalty",
-                                     "node_error_estimate")]
+                                     "node_error_estimate", "node_train_steps")]
         given = [name for name in self.changed() if name in solver_only]
         if given:
             raise NodeArgumentError(f"{', '.join(flag(n) for n in given)} appl"
@@ -330,7 +357,9 @@ class NodeConfig(FairseqDataclass):
     def regularisation(self) -> Regularisation:
         return Regularisation(kinetic=self.node_kinetic_energy, jacobian=self.node_jacobian_norm,
                               steer_b=self.node_steer_b, error=self.node_error_penalty,
-                              error_estimate=self.node_error_estimate)
+                              error_estimate=self.node_error_estimate,
+                              train_steps=(parse_train_steps(self.node_train_steps)
+                                           if self.node_train_steps is not None else ()))
 
     @property
     def dynamics_class(self):

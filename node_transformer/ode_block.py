@@ -1,7 +1,7 @@
 """An ODE block: h(t1) = h(t0) + integral of f(t, h) dt, solved with odeint_ext.
 
 The block holds its solver settings (odeint_ext.SolverSettings), the NFE record and the
-RNODE/STEER options; the dynamics f live in dynamics.py, the penalties' rates in
+RNODE/STEER options (and --node-train-steps' draw); the dynamics f live in dynamics.py, the penalties' rates in
 regularisers.py. What a training loop needs of the blocks of a model is offered here:
 :func:`ode_blocks`, :meth:`ODEBlock.reset_record` / :meth:`ODEBlock.nfe_record`,
 :func:`fixed_step_fallback`, :func:`record_backward_overruns`, :func:`total_penalties`,
@@ -10,8 +10,10 @@ regularisers.py. What a training loop needs of the blocks of a model is offered 
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Dict, List, Optional
 
 import torch
@@ -213,6 +215,20 @@ class ODEBlock(DepthBlock):
         # None: a backward over budget raises MaxNFEExceeded. A list (see
         # record_backward_overruns): the backward finishes and the overrun is put there.
         self.overruns: Optional[list] = None
+        self.num_updates = 0  # fairseq's set_num_updates: the update the next forward is in
+        self._train_solvers: Dict[int, SolverSettings] = {}
+
+    def set_num_updates(self, num_updates: int) -> None:
+        self.num_updates = num_updates
+
+    def _training_solver(self, s: SolverSettings) -> SolverSettings:
+        """--node-train-steps: this update's step count, the same on every worker (a function
+        of the update number alone)."""
+        choices = self.reg.train_steps
+        steps = choices[random.Random(self.num_updates).randrange(len(choices))]
+        if steps not in self._train_solvers:
+            self._train_solvers[steps] = replace(s, steps=steps)
+        return self._train_solvers[steps]
 
     def staged(self) -> bool:
         return staged(self.fallback or self.solver)
@@ -250,6 +266,8 @@ class ODEBlock(DepthBlock):
     def forward(self, h0: Tensor, padding_mask: Optional[Tensor] = None, **inputs) -> Tensor:
         """``padding_mask``: see :meth:`solver_problem`."""
         s = self.fallback or self.solver
+        if self.training and self.reg.train_steps and self.fallback is None:
+            s = self._training_solver(s)
         stats = SolveStats()
         self.solves.append(stats)
         dtype = h0.dtype

@@ -1,5 +1,6 @@
 """Penalties that keep learned dynamics cheap to solve (RNODE, Finlay et al. 2020; the
-solver's error estimate, Pal et al.) and a random end time (STEER, Ghosh et al. 2020).
+solver's error estimate, Pal et al.), a random end time (STEER, Ghosh et al. 2020) and a random
+number of fixed-grid steps per update (--node-train-steps).
 
 RNODE adds to the loss the kinetic energy  K = int ||f(t, h)||^2 dt  and the Jacobian
 Frobenius norm  J = int ||df/dh||_F^2 dt  (estimated with one Gaussian probe e per solve:
@@ -25,12 +26,18 @@ the batch's ratio (an RMS over its positions), i.e. a sentence of n tokens adds 
 batch's ratio, where alone it would add W n e_alone. Per token rather than per sentence:
 against the criterion's per-token loss W keeps its weight whatever the lengths. With K or J
 on, the ratio is the controller's over the whole state: the larger of h's and the channels'.
+
+The random step count (after Ott et al., "ResNet After All?", ICLR 2021: a model trained on
+one fixed step above a critical size fits that step's error, not a flow) trains a fixed-grid
+block on a number of steps drawn per update, so that no single discretisation is the one the
+weights fit. The draw depends on the update number alone: every worker, and every block of
+the model, takes the same step count in an update, so their solves cost the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import contextlib
 
@@ -46,6 +53,7 @@ class Regularisation:
     steer_b: float = 0.0  # training end time drawn from U(T - b, T + b) (--node-steer-b)
     error: float = 0.0  # coefficient of the solver's error estimate (--node-error-penalty)
     error_estimate: str = "local"  # which estimate: "local" or "global" (--node-error-estimate)
+    train_steps: Tuple[int, ...] = ()  # training steps drawn per update (--node-train-steps)
 
     @property
     def coefficients(self) -> Dict[str, float]:

@@ -122,6 +122,27 @@ def test_steer_draws_the_end_time_in_training_only():
     assert block._times(like).tolist() == [0.0, 0.5, 1.0]
 
 
+def test_train_steps_drawn_by_update_in_training_only():
+    """Two blocks built apart (two workers) take the same step count in the same update, and
+    every listed count occurs; evaluation keeps the solver's own steps."""
+    def block():
+        return ODEBlock(Linear(0.1), SolverSettings(method="euler", steps=2),
+                        Regularisation(train_steps=(1, 2, 4)))
+    h = torch.ones(3, dtype=torch.float64)
+    a, b = block().train(), block().train()
+
+    def steps(blk, update):
+        blk.set_num_updates(update)
+        blk(h)
+        return blk.solves[-1].nfe_forward  # euler: one evaluation a step
+
+    drawn = [steps(a, u) for u in range(40)]
+    assert drawn == [steps(b, u) for u in range(40)] and set(drawn) == {1, 2, 4}
+    assert [steps(a, 7) for _ in range(3)] == [drawn[7]] * 3
+    a.eval()
+    assert {steps(a, u) for u in range(10)} == {2}
+
+
 class Stiff(nn.Module):
     def forward(self, t, h):
         return -1000.0 * h
@@ -178,6 +199,10 @@ def ns(**kw):
     (dict(node_kinetic_energy=-1.0), "--node-kinetic-energy"),
     (dict(node_jacobian_norm=float("nan")), "--node-jacobian-norm"),
     (dict(node_steer_b=0.5, node_ts="0 0.5 1"), "--node-steer-b"),
+    (dict(node_encoder=True, node_method="euler", node_train_steps="0 2"), "--node-train-steps"),
+    (dict(node_encoder=True, node_method="euler", node_train_steps="one"), "--node-train-steps"),
+    (dict(node_encoder=True, node_train_steps="1 2"), "--node-train-steps applies to fixed-grid"),
+    (dict(node_encoder=True, node_block="rk2-gated", node_train_steps="1 2"), "--node-train-steps"),
 ])
 def test_bad_new_flags_name_the_flag(kw, flag):
     with pytest.raises(NodeArgumentError, match=flag):
