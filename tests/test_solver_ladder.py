@@ -141,3 +141,15 @@ def test_render_merges_runs(ladder, tmp_path):
     with open(merged) as f:
         data = json.load(f)
     assert len(data["checkpoints"]) == 2 and len(data["runs"]) == 2 and data["runs"][0]["command"]
+
+
+def test_render_names_pick_the_checkpoints_shown(ladder, tmp_path):
+    root = ladder[3]
+    script = [sys.executable, os.path.join(ROOT, "scripts", "solver_ladder.py"), "--render", str(root / "ladder.json")]
+    proc = subprocess.run([*script, "--names", "midpoint", "--figure", str(tmp_path / "one.png")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len([l for l in proc.stdout.splitlines() if l.startswith("| midpoint |")]) == 1
+    assert (tmp_path / "one.png").stat().st_size > 0
+    bad = subprocess.run([*script, "--names", "nosuch"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--names nosuch: not in" in bad.stderr and "midpoint" in bad.stderr

@@ -4,8 +4,9 @@
     solver_ladder.py CKPT [CKPT ...] --data-bin DIR [--names A B ...] [--rungs own euler-1 ...]
         [--bleu-rungs own rk4-1 ...] [--bleu-sentences N] [--threshold 0.05] [--agree 0.01]
         [--hyp-dir DIR] [--json FILE] [--figure PNG]
-    solver_ladder.py --render JSON [JSON ...] [--json MERGED] [--figure PNG]
-        (the table and figure of earlier runs, several merged into one file)
+    solver_ladder.py --render JSON [JSON ...] [--names A B ...] [--json MERGED] [--figure PNG]
+        (the table and figure of earlier runs, or of the checkpoints --names picks, several
+        runs merged into one file)
 
 Each checkpoint is evaluated under its own solver and under a ladder of others, the same
 weights every time: euler at 1, 2, 4, 8 and 16 steps, midpoint and rk4 at 1, 2, 4 and 8,
@@ -353,7 +354,8 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", nargs="+", metavar="JSON", help="print (and with --json merge) earlier runs")
     p.add_argument("--columns", nargs="+", choices=list(RUNGS), metavar="RUNG",
                    help="the rungs the table shows (default: every rung measured)")
-    p.add_argument("--names", nargs="+", metavar="NAME", help="one per checkpoint (default: its run folder)")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="one per checkpoint (default: its run folder); with --render: "
+                        "the checkpoints the table and figure show (--json keeps all)")
     p.add_argument("--rungs", nargs="+", choices=list(RUNGS), default=list(RUNGS), metavar="RUNG",
                    help=f"rungs to evaluate (default all: {', '.join(RUNGS)})")
     p.add_argument("--bleu-rungs", nargs="*", choices=list(RUNGS), default=list(DEFAULT_BLEU_RUNGS),
@@ -388,9 +390,17 @@ def render_files(a) -> int:
             run = json.load(f)
         results += run["checkpoints"]
         runs.append({k: v for k, v in run.items() if k != "checkpoints"})
-    print("\n".join(render(results, a.columns)))
+    shown = results
+    if a.names:  # a figure of a few checkpoints out of many: those, in this order
+        by_name = {r["name"]: r for r in results}
+        missing = [n for n in a.names if n not in by_name]
+        if missing:
+            raise SystemExit(f"{PROG}: error: --names {' '.join(missing)}: not in {' '.join(a.render)} "
+                             f"(they hold {', '.join(by_name)})")
+        shown = [by_name[n] for n in a.names]
+    print("\n".join(render(shown, a.columns)))
     if a.figure:
-        figure(results, a.figure)
+        figure(shown, a.figure)
     if a.json:
         write_json(a.json, {"runs": runs, "threshold": runs[0]["threshold"], "agree": runs[0]["agree"],
                             "finest": list(FINEST), "checkpoints": results})
