@@ -180,6 +180,13 @@ def test_train_steps_are_drawn_per_update_and_validation_keeps_its_own(data_bin,
     expected = [float((1, 3)[random.Random(int(r["num_updates"]) - 1).randrange(2)]) for r in inner]
     assert drawn == expected and set(drawn) == {1.0, 3.0}
     assert {float(v["valid_nfe_enc_fwd"]) for v in log_records(proc, "valid")} == {2.0}
+    # a setting of training only: no obstacle to another solver after training
+    val = cli("fairseq-validate", data, "--user-dir", USER_DIR, "--task", "node_translation",
+              "--path", os.path.join(save, "checkpoint_last.pt"), "--max-tokens", "400",
+              "--model-overrides", "{'node_method': 'dopri5'}", env=ENV)
+    out = val.stdout + val.stderr
+    assert "left out --node-steps 2, --node-train-steps 1 3, which do not apply to it" in out, out[-2000:]
+    assert re.search(r"valid on 'valid' subset \| loss \d", out), out[-2000:]
 
 
 def test_budget_fallback_and_penalties_reach_the_logs(data_bin, tmp_path):
