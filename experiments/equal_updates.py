@@ -164,6 +164,12 @@ ODE_CANDIDATES: Dict[str, tuple] = {
     # on one step three updates in four, two steps in the fourth
     "euler-train1234": ([*EULER_TWO_STEPS, "--node-train-steps", "1 2 3 4"], 5),
     "midpoint-train1112": ([*MIDPOINT, "--node-train-steps", "1 1 1 2"], 5),
+    # a heavier tail at two evaluations on average (Euler on 1, 1 or 4 steps), and the
+    # midpoint on one or two steps (three evaluations on average; 2.67 with one step twice
+    # in three)
+    "euler-train114": ([*EULER_TWO_STEPS, "--node-train-steps", "1 1 4"], 4),
+    "midpoint-train12": ([*MIDPOINT, "--node-train-steps", "1 2"], 6),
+    "midpoint-train112": ([*MIDPOINT, "--node-train-steps", "1 1 2"], 5.33),
 }
 # Issue 38's "one checkpoint, any depth": fairseq's discrete answer, a 4-layer classic trained
 # with LayerDrop 0.5 on both sides and pruned at load time (--encoder-layers-to-keep), and the
