@@ -1,8 +1,8 @@
 """An ODE block: h(t1) = h(t0) + integral of f(t, h) dt, solved with odeint_ext.
 
-The block holds its solver settings (odeint_ext.SolverSettings), the NFE record and the
-RNODE/STEER options (and --node-train-steps' draw); the dynamics f live in dynamics.py, the penalties' rates in
-regularisers.py. What a training loop needs of the blocks of a model is offered here:
+The block holds its solver settings (odeint_ext.SolverSettings), the NFE record, the
+RNODE/STEER options and --node-train-steps' draw; the dynamics f live in dynamics.py, the
+penalties' rates in regularisers.py. What a training loop needs of the blocks of a model is offered here:
 :func:`ode_blocks`, :meth:`ODEBlock.reset_record` / :meth:`ODEBlock.nfe_record`,
 :func:`fixed_step_fallback`, :func:`record_backward_overruns`, :func:`total_penalties`,
 :func:`penalties_per_position`.
@@ -216,7 +216,7 @@ class ODEBlock(DepthBlock):
         # record_backward_overruns): the backward finishes and the overrun is put there.
         self.overruns: Optional[list] = None
         self.num_updates = 0  # fairseq's set_num_updates: the update the next forward is in
-        self._train_solvers: Dict[int, SolverSettings] = {}
+        self._train_solvers: Dict[tuple, SolverSettings] = {}  # (solver, steps) -> its grid
 
     def set_num_updates(self, num_updates: int) -> None:
         self.num_updates = num_updates
@@ -226,9 +226,10 @@ class ODEBlock(DepthBlock):
         of the update number alone)."""
         choices = self.reg.train_steps
         steps = choices[random.Random(self.num_updates).randrange(len(choices))]
-        if steps not in self._train_solvers:
-            self._train_solvers[steps] = replace(s, steps=steps)
-        return self._train_solvers[steps]
+        key = (s, steps)  # keyed on the solver too: it may be replaced after the first draw
+        if key not in self._train_solvers:
+            self._train_solvers[key] = replace(s, steps=steps)
+        return self._train_solvers[key]
 
     def staged(self) -> bool:
         return staged(self.fallback or self.solver)

@@ -141,6 +141,9 @@ def test_train_steps_drawn_by_update_in_training_only():
     assert [steps(a, 7) for _ in range(3)] == [drawn[7]] * 3
     a.eval()
     assert {steps(a, u) for u in range(10)} == {2}
+    a.train()
+    a.solver = SolverSettings(method="midpoint", steps=2)  # replaced after draws: the draw follows
+    assert [steps(a, u) for u in range(40)] == [2 * n for n in drawn]
 
 
 class Stiff(nn.Module):
