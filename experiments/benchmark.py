@@ -110,16 +110,13 @@ CONFIGS = {
         "--node-error-estimate", "global", "--lr", "4e-3"]),
     # issue 38, item 2: the random step count per update (--node-train-steps), project-best's
     # model and rate: Euler on 1, 2 or 3 steps (two evaluations on average, two at validation)
-    # and the midpoint on 1 or 2 (three on average, two at validation) or on 1, 1 or 2 (2.67)
+    # and the midpoint on 1 or 2 (three on average, two at validation)
     "euler-train123": ("04", [
         "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method", "euler",
         "--node-steps", "2", "--node-train-steps", "1 2 3", "--node-backprop", "direct", "--lr", "4e-3"]),
     "midpoint-train12": ("04", [
         "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method", "midpoint",
         "--node-steps", "1", "--node-train-steps", "1 2", "--node-backprop", "direct", "--lr", "4e-3"]),
-    "midpoint-train112": ("04", [
-        "--node-dynamics", "prenorm", "--node-output-init", "xavier", "--node-method", "midpoint",
-        "--node-steps", "1", "--node-train-steps", "1 1 2", "--node-backprop", "direct", "--lr", "4e-3"]),
     # issue 38, item 3: one checkpoint at any depth. heun1-err-w0.3 at its own probed peak rate
     # (260-update probes, RESULTS.md: 8.18 at 4e-3, 7.22 at 8e-3, 6.57 at 1.6e-2, 6.84 at 3.2e-2)
     "heun1-err-w0.3-lr-probed": ("04", [
