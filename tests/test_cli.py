@@ -163,18 +163,20 @@ def test_impossible_flags_stop_with_one_line(data_bin, tmp_path, flags, message)
 
 
 def test_train_steps_are_drawn_per_update_and_validation_keeps_its_own(data_bin, tmp_path):
-    """--node-train-steps through fairseq-train: each update's solves (both sides) take the
-    step count drawn for that update number, the same draw whatever process makes it (so on
-    every worker); validation solves on --node-steps."""
+    """--node-train-steps through fairseq-train, beside kinetic energy: each update's
+    solves (both sides) take the step count drawn for that update number, the same draw
+    whatever process makes it (so on every worker); validation solves on --node-steps."""
     data, _ = data_bin
     save = str(tmp_path / "ckpt")
     proc = cli("fairseq-train", *train_argv(
         data, save, MODEL, "--node-encoder", "--node-decoder", "--node-dynamics", "prenorm",
         "--node-method", "euler", "--node-steps", "2", "--node-train-steps", "1 3",
-        "--node-backprop", "direct", lr=5e-3, max_tokens=400, epochs=2,
-        log=("--log-format", "json", "--log-interval", "1")), env=ENV)
+        "--node-backprop", "direct", "--node-kinetic-energy", "0.01",
+        lr=5e-3, max_tokens=400, epochs=2, log=("--log-format", "json", "--log-interval", "1")), env=ENV)
     inner = log_records(proc, "train_inner")
     assert len(inner) >= 6
+    # kinetic energy beside it: its penalty is logged, the draw is unchanged
+    assert all(float(r["rnode_kinetic"]) >= 0 for r in inner) and any(float(r["rnode_kinetic"]) > 0 for r in inner)
     drawn = [float(r["nfe_enc_fwd"]) for r in inner]
     assert drawn == [float(r["nfe_dec_fwd"]) for r in inner]
     expected = [float((1, 3)[random.Random(int(r["num_updates"]) - 1).randrange(2)]) for r in inner]

@@ -122,6 +122,25 @@ def test_steer_draws_the_end_time_in_training_only():
     assert block._times(like).tolist() == [0.0, 0.5, 1.0]
 
 
+def test_steer_on_a_fixed_grid_keeps_the_step_size():
+    """STEER on a fixed grid: the step stays span/steps (torchdiffeq's step_size), so an end
+    time past the nominal one adds a partial step; training costs more than --node-steps."""
+    block = ODEBlock(Linear(0.1), SolverSettings(method="euler", steps=2), Regularisation(steer_b=0.25))
+    h = torch.ones(3, dtype=torch.float64)
+    torch.manual_seed(0)
+    block.train()
+    counts = []
+    for _ in range(40):
+        block.reset_record()
+        block(h)
+        counts.append(block.nfe_record().nfe_forward)
+    assert set(counts) == {2, 3}  # end time in (0.75, 1]: two steps of 0.5; in (1, 1.25]: three
+    block.eval()
+    block.reset_record()
+    block(h)
+    assert block.nfe_record().nfe_forward == 2
+
+
 def test_train_steps_drawn_by_update_in_training_only():
     """Two blocks built apart (two workers) take the same step count in the same update, and
     every listed count occurs; evaluation keeps the solver's own steps."""
