@@ -60,13 +60,17 @@ def test_each_rung_runs_its_solver(ladder):
     assert "| midpoint |" in ladder[5]  # the table
 
 
-def test_valid_loss_is_fairseq_validates_for_the_same_solver(ladder):
+def test_valid_loss_and_nll_are_fairseq_validates_for_the_same_solver(ladder):
     data, _, ckpt, _, result, _ = ladder
     for name, overrides in (("own", "{}"), ("rk4-2", "{'node_method': 'rk4', 'node_steps': 2}")):
         proc = cli("fairseq-validate", data, "--user-dir", USER_DIR, "--task", "node_translation",
                    "--path", ckpt, "--max-tokens", "4096", "--model-overrides", overrides, env=ENV)
-        loss = float(re.search(r"valid on 'valid' subset \| loss (\d+\.\d+)", proc.stdout + proc.stderr).group(1))
+        found = re.search(r"valid on 'valid' subset \| loss (\d+\.\d+) \| nll_loss (\d+\.\d+)",
+                          proc.stdout + proc.stderr)
+        loss, nll = float(found.group(1)), float(found.group(2))
         assert rung(result, name)["valid_loss"] == pytest.approx(loss, abs=6e-4), name
+        assert rung(result, name)["valid_nll"] == pytest.approx(nll, abs=6e-4), name
+        assert rung(result, name)["valid_nll"] < rung(result, name)["valid_loss"]  # no smoothing term
 
 
 def test_bleu_is_the_projects_evaluation(ladder):

@@ -146,17 +146,21 @@ def side_nfe(model) -> Dict[str, float]:
 
 def valid_loss(model, task, criterion, batches) -> dict:
     """The criterion's loss over the batches, per target token in bits (fairseq's valid_loss),
-    and the evaluations per block and solve."""
+    its negative log-likelihood without label smoothing (valid_nll: smoothing weighs the
+    whole vocabulary's tail, which a solver change may move apart from the words a search
+    picks), and the evaluations per block and solve."""
     import torch
     from node_transformer.ode_block import depth_blocks
     for b in depth_blocks(model):
         b.solves = type(b.solves)(maxlen=None)
-    total = size = 0.0
+    total = size = nll = tokens = 0.0
     with torch.no_grad():
         for sample in batches:
-            loss, sample_size, _ = criterion(model, sample)
+            loss, sample_size, log = criterion(model, sample)
             total, size = total + float(loss), size + float(sample_size)
-    out = {"valid_loss": round(total / size / math.log(2), 4)}
+            nll, tokens = nll + float(log.get("nll_loss", math.nan)), tokens + float(log["ntokens"])
+    out = {"valid_loss": round(total / size / math.log(2), 4),
+           "valid_nll": round(nll / tokens / math.log(2), 4)}
     out.update(side_nfe(model))
     for b in depth_blocks(model):
         b.solves = type(b.solves)(maxlen=64)
