@@ -154,13 +154,17 @@ def valid_loss(model, task, criterion, batches) -> dict:
     for b in depth_blocks(model):
         b.solves = type(b.solves)(maxlen=None)
     total = size = nll = tokens = 0.0
+    smoothed = True  # a criterion without label smoothing logs no nll_loss: no valid_nll
     with torch.no_grad():
         for sample in batches:
             loss, sample_size, log = criterion(model, sample)
             total, size = total + float(loss), size + float(sample_size)
-            nll, tokens = nll + float(log.get("nll_loss", math.nan)), tokens + float(log["ntokens"])
-    out = {"valid_loss": round(total / size / math.log(2), 4),
-           "valid_nll": round(nll / tokens / math.log(2), 4)}
+            smoothed = smoothed and "nll_loss" in log
+            if smoothed:
+                nll, tokens = nll + float(log["nll_loss"]), tokens + float(log["ntokens"])
+    out = {"valid_loss": round(total / size / math.log(2), 4)}
+    if smoothed and tokens:
+        out["valid_nll"] = round(nll / tokens / math.log(2), 4)
     out.update(side_nfe(model))
     for b in depth_blocks(model):
         b.solves = type(b.solves)(maxlen=64)
