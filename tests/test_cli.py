@@ -191,6 +191,30 @@ def test_train_steps_are_drawn_per_update_and_validation_keeps_its_own(data_bin,
     assert re.search(r"valid on 'valid' subset \| loss \d", out), out[-2000:]
 
 
+def test_train_steps_with_layerdrop_dropout_and_kinetic_energy(data_bin, tmp_path):
+    """--node-train-steps beside LayerDrop (two blocks a side), dropout and kinetic energy, one
+    epoch through fairseq-train: each side's evaluations are the drawn count times the blocks
+    LayerDrop kept, and the penalty is logged."""
+    data, _ = data_bin
+    proc = cli("fairseq-train", *train_argv(
+        data, str(tmp_path / "ckpt"), MODEL, "--node-encoder", "--node-decoder", "--node-dynamics",
+        "prenorm", "--node-method", "euler", "--node-steps", "2", "--node-train-steps", "1 3",
+        "--node-backprop", "direct", "--node-kinetic-energy", "0.01", "--encoder-layers", "2",
+        "--decoder-layers", "2", "--encoder-layerdrop", "0.5", "--decoder-layerdrop", "0.5",
+        lr=5e-3, max_tokens=400, epochs=1, log=("--log-format", "json", "--log-interval", "1")), env=ENV)
+    inner = log_records(proc, "train_inner")
+    assert len(inner) >= 4
+    kept = set()
+    for r in inner:
+        steps = (1, 3)[random.Random(int(r["num_updates"]) - 1).randrange(2)]
+        for side in ("enc", "dec"):
+            nfe = float(r[f"nfe_{side}_fwd"])
+            assert nfe % steps == 0 and 0 <= nfe / steps <= 2, (r["num_updates"], side, nfe, steps)
+            kept.add(nfe / steps)
+    assert len(kept) >= 2  # LayerDrop did drop blocks in some updates and not in others
+    assert any(float(r["rnode_kinetic"]) > 0 for r in inner)
+
+
 def test_budget_fallback_and_penalties_reach_the_logs(data_bin, tmp_path):
     # A budget too small for these dopri5 solves (the least it accepts): batches are solved
     # again with rk4, and counted.
