@@ -154,16 +154,16 @@ def valid_loss(model, task, criterion, batches) -> dict:
     for b in depth_blocks(model):
         b.solves = type(b.solves)(maxlen=None)
     total = size = nll = tokens = 0.0
-    smoothed = True  # a criterion without label smoothing logs no nll_loss: no valid_nll
+    has_nll = True  # a criterion without label smoothing logs no nll_loss: no valid_nll
     with torch.no_grad():
         for sample in batches:
             loss, sample_size, log = criterion(model, sample)
             total, size = total + float(loss), size + float(sample_size)
-            smoothed = smoothed and "nll_loss" in log
-            if smoothed:
+            has_nll = has_nll and "nll_loss" in log
+            if has_nll:
                 nll, tokens = nll + float(log["nll_loss"]), tokens + float(log["ntokens"])
     out = {"valid_loss": round(total / size / math.log(2), 4)}
-    if smoothed and tokens:
+    if has_nll and tokens:
         out["valid_nll"] = round(nll / tokens / math.log(2), 4)
     out.update(side_nfe(model))
     for b in depth_blocks(model):
